@@ -1,0 +1,128 @@
+"""`python -m kvfirewall`: the same engine as the Function App, from a laptop or a pipeline.
+
+Exit codes: 0 all vaults fine, 1 some vault failed, 2 bad settings or arguments.
+`apply` writes even when KVF_MODE is audit: the operator asked for it explicitly; KVF_MODE
+governs the unattended triggers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import TextIO
+
+from kvfirewall.ledger import open_store
+from kvfirewall.ranges import desired_rules
+from kvfirewall.reconcile import reconcile, resolve_ranges
+from kvfirewall.report import VaultResult
+from kvfirewall.rules import RuleError, VaultRef, parse_vault_id
+from kvfirewall.settings import Settings, SettingsError
+from kvfirewall.vaults import Arm
+
+
+class UsageError(Exception):
+    """Bad command-line input; exit code 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kvfirewall",
+        description="Keep Key Vault firewalls open to exactly what Azure DevOps needs.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("ranges", "show what would be allowed, and from which source version"),
+        ("plan", "dry run: report what apply would change (never writes)"),
+        ("apply", "reconcile the vaults (writes)"),
+    ):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("--json", action="store_true", help="print the JSON report")
+        command.add_argument("-v", "--verbose", action="store_true", help="log every vault")
+        if name != "ranges":
+            command.add_argument("--vault", metavar="ID", help="only this vault (resource id)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = Settings.from_env()
+        vault = _target(getattr(args, "vault", None), settings)
+    except (SettingsError, UsageError) as exc:
+        print(f"kvfirewall: error: {exc}", file=sys.stderr)
+        return 2
+
+    store = open_store(settings.state)
+    arm = Arm(endpoint=settings.arm_endpoint, subscriptions=settings.subscriptions)
+    if args.command == "ranges":
+        return _ranges(settings, store, arm, as_json=args.json)
+    write = args.command == "apply"
+    report = reconcile(
+        settings,
+        store=store,
+        arm=arm,
+        write=write,
+        mode="enforce" if write else "plan",
+        vault=vault,
+        progress=_Progress(sys.stderr) if vault is None else None,
+    )
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.to_table())
+    return 1 if report.failed else 0
+
+
+def _target(value: str | None, settings: Settings) -> VaultRef | None:
+    if value is None:
+        return None
+    try:
+        ref = parse_vault_id(value)
+    except RuleError as exc:
+        raise UsageError(f"--vault: {exc}") from None
+    if ref.subscription not in settings.subscriptions:
+        raise UsageError(f"--vault: subscription {ref.subscription} is not in KVF_SUBSCRIPTIONS")
+    return ref
+
+
+def _ranges(settings: Settings, store, arm: Arm, *, as_json: bool) -> int:
+    decision = resolve_ranges(settings, store, arm)
+    desired = desired_rules(settings, decision.snapshot)
+    data = {
+        "source": decision.snapshot.source,
+        "version": decision.snapshot.version,
+        "status": decision.status,
+        "ipRules": [{"rule": str(n), "why": why} for n, why in sorted(desired.ip_rules.items())],
+        "virtualNetworkRules": [{"rule": i, "why": why} for i, why in desired.subnets.values()],
+        "warnings": [*decision.warnings, *desired.warnings],
+    }
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"source: {data['source']}  version: {data['version']}  ({data['status']})")
+    for rule in data["ipRules"] + data["virtualNetworkRules"]:
+        print(f"  {rule['rule']:<20}  {rule['why']}")
+    for warning in data["warnings"]:
+        print(f"warning: {warning}")
+    print(f"{len(data['ipRules'])} IPv4 rules, {len(data['virtualNetworkRules'])} subnet rules")
+    return 0
+
+
+class _Progress:
+    """Progress on stderr: a live counter on a terminal, a line every few seconds otherwise."""
+
+    def __init__(self, stream: TextIO, *, every_seconds: float = 5.0) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.every = every_seconds
+        self.last = time.monotonic()
+
+    def __call__(self, done: int, result: VaultResult) -> None:
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write(f"\r\033[K{done} vaults reconciled ({result.outcome}: {result.id})")
+            self.stream.flush()
+        elif now - self.last >= self.every:
+            self.stream.write(f"{done} vaults reconciled\n")
+            self.last = now

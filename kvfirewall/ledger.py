@@ -1,0 +1,221 @@
+"""The ledger: which rules kvfirewall added to each vault, and the last good range snapshot.
+
+Ownership is the whole safety story: a rule is removed only if the ledger says kvfirewall
+added it. Additions are recorded as *pending* before the write and confirmed after it, so a
+crash between the two never strands a rule as "someone else's" (see `reconcile.py`).
+
+Two backends behind one small interface: a local directory (CLI, tests) and Azure Storage
+(Table for the ledger, Blob for snapshots) for the Function App.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Protocol
+
+from kvfirewall.ranges import Snapshot
+from kvfirewall.settings import StateLocation
+
+TABLE_NAME = "kvfirewallledger"
+CONTAINER_NAME = "kvfirewall"
+SNAPSHOT_BLOB = "ranges/last-good.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerEntry:
+    """The rules kvfirewall owns on one vault (IPv4 networks and lower-cased subnet ids)."""
+
+    ip_rules: frozenset[IPv4Network] = frozenset()
+    subnets: frozenset[str] = frozenset()
+    pending_ip_rules: frozenset[IPv4Network] = frozenset()
+    pending_subnets: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.ip_rules or self.subnets or self.pending_ip_rules or self.pending_subnets)
+
+    def to_json(self) -> dict:
+        return {
+            "ipRules": sorted(map(str, self.ip_rules)),
+            "subnets": sorted(self.subnets),
+            "pendingIpRules": sorted(map(str, self.pending_ip_rules)),
+            "pendingSubnets": sorted(self.pending_subnets),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> LedgerEntry:
+        return cls(
+            ip_rules=frozenset(IPv4Network(v) for v in data.get("ipRules", ())),
+            subnets=frozenset(data.get("subnets", ())),
+            pending_ip_rules=frozenset(IPv4Network(v) for v in data.get("pendingIpRules", ())),
+            pending_subnets=frozenset(data.get("pendingSubnets", ())),
+        )
+
+
+class StateStore(Protocol):
+    """Where ledger entries (keyed by lower-cased vault id) and the snapshot are kept."""
+
+    def read_entry(self, vault_key: str) -> LedgerEntry: ...
+
+    def write_entry(self, vault_key: str, entry: LedgerEntry) -> None: ...
+
+    def read_snapshot(self) -> Snapshot | None: ...
+
+    def write_snapshot(self, snapshot: Snapshot) -> None: ...
+
+    def describe(self) -> str: ...
+
+
+def open_store(location: StateLocation) -> StateStore:
+    """The store for a validated `StateLocation`."""
+    if location.kind == "local":
+        return LocalStore(Path(location.value))
+    return AzureStore(location)
+
+
+def _row_key(vault_key: str) -> str:
+    # Table keys may not hold '/', and ids are long: a digest is stable and safe.
+    return hashlib.sha256(vault_key.encode()).hexdigest()
+
+
+class LocalStore:
+    """A directory: one JSON file per vault, written atomically (write, fsync, rename)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def describe(self) -> str:
+        return f"directory {self.root}"
+
+    def _entry_path(self, vault_key: str) -> Path:
+        return self.root / "ledger" / f"{_row_key(vault_key)}.json"
+
+    def read_entry(self, vault_key: str) -> LedgerEntry:
+        path = self._entry_path(vault_key)
+        if not path.exists():
+            return LedgerEntry()
+        return LedgerEntry.from_json(json.loads(path.read_text()))
+
+    def write_entry(self, vault_key: str, entry: LedgerEntry) -> None:
+        path = self._entry_path(vault_key)
+        if not entry:
+            path.unlink(missing_ok=True)
+            return
+        _atomic_write(path, {"vaultId": vault_key, **entry.to_json()})
+
+    def read_snapshot(self) -> Snapshot | None:
+        path = self.root / SNAPSHOT_BLOB
+        return Snapshot.from_json(json.loads(path.read_text())) if path.exists() else None
+
+    def write_snapshot(self, snapshot: Snapshot) -> None:
+        _atomic_write(self.root / SNAPSHOT_BLOB, snapshot.to_json())
+
+
+def _atomic_write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class AzureStore:
+    """Azure Storage: Table `kvfirewallledger` (PartitionKey = subscription) and a Blob."""
+
+    def __init__(self, location: StateLocation) -> None:
+        from azure.data.tables import TableServiceClient
+        from azure.storage.blob import BlobServiceClient
+
+        self._location = location
+        if location.kind == "identity":
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+            account = location.value
+            tables = TableServiceClient(
+                endpoint=f"https://{account}.table.core.windows.net", credential=credential
+            )
+            blobs = BlobServiceClient(
+                account_url=f"https://{account}.blob.core.windows.net", credential=credential
+            )
+        else:
+            tables = TableServiceClient.from_connection_string(location.value)
+            blobs = BlobServiceClient.from_connection_string(location.value)
+        self._table = tables.get_table_client(TABLE_NAME)
+        self._container = blobs.get_container_client(CONTAINER_NAME)
+        self._ready = False
+
+    def describe(self) -> str:
+        return self._location.describe()
+
+    def _ensure(self) -> None:
+        """Create the table and container on first use (idempotent; cheap after the first run)."""
+        if self._ready:
+            return
+        from azure.core.exceptions import ResourceExistsError
+
+        for create in (self._table.create_table, self._container.create_container):
+            with contextlib.suppress(ResourceExistsError):
+                create()
+        self._ready = True
+
+    @staticmethod
+    def _partition(vault_key: str) -> str:
+        parts = vault_key.split("/")
+        return parts[2] if len(parts) > 2 else "_"
+
+    def read_entry(self, vault_key: str) -> LedgerEntry:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        self._ensure()
+        try:
+            entity = self._table.get_entity(self._partition(vault_key), _row_key(vault_key))
+        except ResourceNotFoundError:
+            return LedgerEntry()
+        return LedgerEntry.from_json(json.loads(entity["Entry"]))
+
+    def write_entry(self, vault_key: str, entry: LedgerEntry) -> None:
+        from azure.data.tables import UpdateMode
+
+        self._ensure()
+        partition, row = self._partition(vault_key), _row_key(vault_key)
+        if not entry:
+            self._table.delete_entity(partition, row)
+            return
+        self._table.upsert_entity(
+            {
+                "PartitionKey": partition,
+                "RowKey": row,
+                "VaultId": vault_key,
+                "Entry": json.dumps(entry.to_json(), separators=(",", ":")),
+            },
+            mode=UpdateMode.REPLACE,
+        )
+
+    def read_snapshot(self) -> Snapshot | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        self._ensure()
+        try:
+            data = self._container.download_blob(SNAPSHOT_BLOB).readall()
+        except ResourceNotFoundError:
+            return None
+        return Snapshot.from_json(json.loads(data))
+
+    def write_snapshot(self, snapshot: Snapshot) -> None:
+        self._ensure()
+        self._container.upload_blob(
+            SNAPSHOT_BLOB, json.dumps(snapshot.to_json(), indent=1), overwrite=True
+        )

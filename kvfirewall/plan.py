@@ -1,0 +1,163 @@
+"""The planner: current networkAcls + ledger entry + desired rules -> one complete networkAcls.
+
+Pure (no I/O), so every safety rule lives in one place that property tests can hammer:
+- only rules the ledger says kvfirewall added are ever removed;
+- a desired rule that someone else already has is left theirs (not claimed);
+- defaultAction and bypass are sent exactly as they are;
+- networks are compared as networks (`1.2.3.4` == `1.2.3.4/32`), subnet ids case-insensitively;
+- a compliant vault yields no write at all (our own write raises an event; no loops).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from kvfirewall.ledger import LedgerEntry
+from kvfirewall.ranges import Desired
+from kvfirewall.rules import IPV4_RULE_LIMIT, VNET_RULE_LIMIT, current_ip_network, subnet_key
+
+NOT_OURS = "not added by kvfirewall"
+ALREADY_THERE = "already present, added by someone else: left to them"
+
+
+@dataclass(frozen=True, kw_only=True)
+class VaultState:
+    """What the planner needs to know about a vault, as Resource Manager returned it."""
+
+    id: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    public_network_access: str | None = None
+    network_acls: Mapping | None = None  # REST shape: defaultAction, bypass, ipRules, ...
+
+
+@dataclass(frozen=True)
+class Change:
+    """One rule in a plan and why it is there."""
+
+    rule: str
+    why: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """What to do with one vault."""
+
+    vault_id: str
+    action: str  # "write" | "none" | "skip" | "refuse"
+    reason: str
+    owned: LedgerEntry  # the ledger entry once the plan is applied
+    network_acls: dict | None = None  # the complete networkAcls to PATCH when action == "write"
+    added: tuple[Change, ...] = ()
+    removed: tuple[Change, ...] = ()
+    kept: tuple[Change, ...] = ()  # other people's rules, left in place
+
+
+def plan_vault(vault: VaultState, entry: LedgerEntry, desired: Desired) -> Plan:
+    """Plan one vault. See the module docstring for the rules this guarantees."""
+    if (vault.public_network_access or "").lower() == "disabled":
+        return Plan(
+            vault_id=vault.id,
+            action="skip",
+            reason="public network access is disabled: firewall rules have no effect",
+            owned=entry,
+        )
+    acls = vault.network_acls or {}
+    added: list[Change] = []
+    removed: list[Change] = []
+    kept: list[Change] = []
+
+    owned_ip = entry.ip_rules | entry.pending_ip_rules
+    owned_sn = entry.subnets | entry.pending_subnets
+    ip_rules, ip_present = _merge(
+        _ip_values(acls),
+        key=current_ip_network,
+        canonical=lambda value, net: str(net) if net is not None else value,
+        owned=owned_ip,
+        desired={net: (str(net), why) for net, why in desired.ip_rules.items()},
+        changes=(added, removed, kept),
+    )
+    subnets, subnet_present = _merge(
+        _subnet_values(acls),
+        key=subnet_key,
+        canonical=lambda value, _key: value,
+        owned=owned_sn,
+        desired=dict(desired.subnets),
+        changes=(added, removed, kept),
+    )
+    # Ours afterwards: every desired rule we had (or may have written) or are adding now.
+    owned = LedgerEntry(
+        ip_rules=frozenset(n for n in desired.ip_rules if n in owned_ip or n not in ip_present),
+        subnets=frozenset(k for k in desired.subnets if k in owned_sn or k not in subnet_present),
+    )
+    common = {
+        "vault_id": vault.id,
+        "added": tuple(added),
+        "removed": tuple(removed),
+        "kept": tuple(kept),
+    }
+
+    if len(ip_rules) > IPV4_RULE_LIMIT or len(subnets) > VNET_RULE_LIMIT:
+        return Plan(
+            **common,
+            action="refuse",
+            reason=(
+                f"the result would hold {len(ip_rules)} IPv4 and {len(subnets)} virtual network "
+                f"rules; Key Vault allows {IPV4_RULE_LIMIT} and {VNET_RULE_LIMIT}"
+            ),
+            owned=entry,
+        )
+    open_note = ""
+    default_action = acls.get("defaultAction") or "Allow"
+    if str(default_action).lower() == "allow":
+        open_note = " (firewall open: rules take effect once public access is limited)"
+    if not added and not removed:
+        return Plan(**common, action="none", reason="compliant" + open_note, owned=owned)
+    return Plan(
+        **common,
+        action="write",
+        reason=f"adds {len(added)}, removes {len(removed)}" + open_note,
+        owned=owned,
+        network_acls={
+            "defaultAction": default_action,
+            "bypass": acls.get("bypass") or "AzureServices",
+            "ipRules": [{"value": v} for v in ip_rules.values()],
+            # The flag is never echoed back by GET, so an existing rule's value is unknown;
+            # true is the only value that cannot make the whole write fail.
+            "virtualNetworkRules": [
+                {"id": v, "ignoreMissingVnetServiceEndpoint": True} for v in subnets.values()
+            ],
+        },
+    )
+
+
+def _merge(current, *, key, canonical, owned, desired, changes):
+    """Merge one rule list. Returns (key -> value to send, set of keys present before)."""
+    added, removed, kept = changes
+    result: dict = {}
+    present: set = set()
+    for value in current:
+        k = key(value)
+        ident = k if k is not None else value
+        if ident in present:
+            continue  # the same network twice: send it once
+        present.add(ident)
+        if ident in owned and ident not in desired:
+            removed.append(Change(canonical(value, k), "added by kvfirewall, no longer wanted"))
+            continue
+        result[ident] = canonical(value, k)
+        if ident not in owned:
+            kept.append(Change(value, ALREADY_THERE if ident in desired else NOT_OURS))
+    for ident, (value, why) in desired.items():
+        if ident not in result:
+            result[ident] = value
+            added.append(Change(value, why))
+    return result, present
+
+
+def _ip_values(acls: Mapping) -> list[str]:
+    return [r["value"] for r in acls.get("ipRules") or () if isinstance(r.get("value"), str)]
+
+
+def _subnet_values(acls: Mapping) -> list[str]:
+    return [r["id"] for r in acls.get("virtualNetworkRules") or () if isinstance(r.get("id"), str)]

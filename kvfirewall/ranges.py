@@ -1,0 +1,222 @@
+"""Azure DevOps inbound ranges: snapshots of the service tag, the guard, and the desired set.
+
+Pure code. Fetching lives in `sources.py`; storing snapshots in `ledger.py`.
+
+A snapshot keeps the IPv4 prefixes of every `AzureDevOps.<Region>` sub-tag, keyed by region,
+and the tag's `changeNumber` as its version. The guard decides whether a fresh snapshot may
+replace the last good one: an empty or shrunken download must never remove rules, because
+historically the AzureDevOps tag has only ever grown.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network
+
+from kvfirewall.geographies import GEOGRAPHY_REGIONS
+from kvfirewall.rules import RuleError, public_ipv4_network, subnet_key
+from kvfirewall.settings import Settings
+
+TAG = "AzureDevOps"
+
+
+class RangeSourceError(Exception):
+    """The IP source could not be read or did not hold a usable AzureDevOps tag."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Snapshot:
+    """The AzureDevOps IPv4 prefixes per region at one version of the service tag."""
+
+    version: str
+    source: str
+    regions: Mapping[str, tuple[IPv4Network, ...]]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def prefixes(self) -> frozenset[IPv4Network]:
+        return frozenset(p for ps in self.regions.values() for p in ps)
+
+    def to_json(self) -> dict:
+        return {
+            "version": self.version,
+            "source": self.source,
+            "regions": {r: [str(p) for p in ps] for r, ps in sorted(self.regions.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Snapshot:
+        return cls(
+            version=str(data["version"]),
+            source=str(data["source"]),
+            regions={
+                r: tuple(IPv4Network(p) for p in ps) for r, ps in dict(data["regions"]).items()
+            },
+        )
+
+
+def parse_service_tags(document: object, *, source: str) -> Snapshot:
+    """Extract the AzureDevOps sub-tags from a ServiceTags document (file or API shape).
+
+    IPv6 prefixes are dropped silently (Key Vault is IPv4-only); prefixes that are malformed,
+    private or have host bits set are dropped with a warning instead of being "repaired".
+    """
+    if not isinstance(document, dict) or not isinstance(document.get("values"), list):
+        raise RangeSourceError(f"{source}: not a ServiceTags document (no 'values' list)")
+    version: str | None = None
+    regions: dict[str, list[IPv4Network]] = {}
+    warnings: list[str] = []
+    for entry in document["values"]:
+        if not isinstance(entry, dict):
+            continue
+        name = entry.get("name")
+        props = entry.get("properties")
+        if not isinstance(name, str) or not isinstance(props, dict):
+            continue
+        if name == TAG:
+            version = str(props.get("changeNumber", ""))
+            continue
+        if not name.startswith(TAG + "."):
+            continue
+        region = str(props.get("region") or name[len(TAG) + 1 :]).lower()
+        prefixes = props.get("addressPrefixes")
+        if not isinstance(prefixes, list):
+            warnings.append(f"{name}: no addressPrefixes list")
+            continue
+        for raw in prefixes:
+            network = _ipv4_prefix(raw, name, warnings)
+            if network is not None:
+                regions.setdefault(region, []).append(network)
+    if version is None:
+        raise RangeSourceError(f"{source}: no {TAG} tag in the document")
+    return Snapshot(
+        version=version,
+        source=source,
+        regions={r: tuple(sorted(set(ps))) for r, ps in sorted(regions.items())},
+        warnings=tuple(warnings),
+    )
+
+
+def _ipv4_prefix(raw: object, tag: str, warnings: list[str]) -> IPv4Network | None:
+    if not isinstance(raw, str):
+        warnings.append(f"{tag}: ignored non-string prefix {raw!r}")
+        return None
+    try:
+        if ipaddress.ip_network(raw, strict=False).version == 6:
+            return None
+    except ValueError:
+        pass
+    try:
+        return public_ipv4_network(raw)
+    except RuleError as exc:
+        warnings.append(f"{tag}: ignored prefix {exc}")
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RangeDecision:
+    """Which snapshot a run uses, and why."""
+
+    snapshot: Snapshot
+    status: str  # "fresh" | "unchanged" | "kept-last-good" | "builtin-fallback"
+    save: bool  # whether `snapshot` is new and should be stored as the last good one
+    added: tuple[IPv4Network, ...] = ()
+    removed: tuple[IPv4Network, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def choose_snapshot(
+    fresh: Snapshot | None,
+    *,
+    error: str | None,
+    last_good: Snapshot | None,
+    builtin: Snapshot,
+    max_loss_percent: float,
+) -> RangeDecision:
+    """The guard: accept `fresh` only if it is usable; otherwise keep the last good snapshot.
+
+    `fresh` is None when fetching failed (`error` says why). With no last good snapshot yet,
+    the shipped builtin snapshot stands in, so a first run with a broken source still has
+    real ranges rather than none.
+    """
+    fallback = last_good or builtin
+    fallback_status = "kept-last-good" if last_good else "builtin-fallback"
+    warnings: list[str] = []
+    if fresh is not None:
+        warnings.extend(fresh.warnings)
+        problem = _unusable(fresh, last_good, max_loss_percent)
+        if problem is None:
+            before = last_good.prefixes if last_good else frozenset()
+            after = fresh.prefixes
+            changed = last_good is None or (last_good.version, dict(last_good.regions)) != (
+                fresh.version,
+                dict(fresh.regions),
+            )
+            return RangeDecision(
+                snapshot=fresh,
+                status="fresh" if changed else "unchanged",
+                save=changed,
+                added=tuple(sorted(after - before)) if last_good else (),
+                removed=tuple(sorted(before - after)),
+                warnings=tuple(warnings),
+            )
+        error = problem
+    warnings.append(
+        f"IP source refused ({error}); using the "
+        + (
+            f"last good snapshot, version {fallback.version}"
+            if last_good
+            else f"builtin snapshot, version {fallback.version}"
+        )
+    )
+    return RangeDecision(
+        snapshot=fallback, status=fallback_status, save=False, warnings=tuple(warnings)
+    )
+
+
+def _unusable(fresh: Snapshot, last_good: Snapshot | None, max_loss_percent: float) -> str | None:
+    if not fresh.prefixes:
+        return f"{fresh.source} has no IPv4 prefixes for {TAG}"
+    if last_good is None or not last_good.prefixes:
+        return None
+    lost = last_good.prefixes - fresh.prefixes
+    percent = 100.0 * len(lost) / len(last_good.prefixes)
+    if percent > max_loss_percent:
+        return (
+            f"{fresh.source} version {fresh.version} drops {len(lost)} of "
+            f"{len(last_good.prefixes)} prefixes ({percent:.0f}% > {max_loss_percent:g}%)"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The rules kvfirewall wants on every vault, each with the reason it is wanted."""
+
+    ip_rules: Mapping[IPv4Network, str] = field(default_factory=dict)
+    subnets: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # key -> (id, why)
+    warnings: tuple[str, ...] = ()
+
+
+def desired_rules(settings: Settings, snapshot: Snapshot) -> Desired:
+    """The configured geographies/regions resolved against a snapshot, plus the extra rules."""
+    ip_rules: dict[IPv4Network, str] = {}
+    warnings: list[str] = []
+    geography_of = {r: g for g in settings.geographies for r in GEOGRAPHY_REGIONS[g]}
+    for region in settings.all_regions:
+        prefixes = snapshot.regions.get(region)
+        if not prefixes:
+            warnings.append(
+                f"no {TAG}.<Region> prefixes for region {region!r} in version "
+                f"{snapshot.version}; known regions: {', '.join(sorted(snapshot.regions))}"
+            )
+            continue
+        why = f"{TAG} {region}" + (f" ({geography_of[region]})" if region in geography_of else "")
+        for prefix in prefixes:
+            ip_rules.setdefault(prefix, why)
+    for network in settings.extra_ip_rules:
+        ip_rules.setdefault(network, "KVF_EXTRA_IP_RULES")
+    subnets = {subnet_key(s): (s, "KVF_AGENT_SUBNETS") for s in settings.agent_subnets}
+    return Desired(ip_rules=ip_rules, subnets=subnets, warnings=tuple(warnings))

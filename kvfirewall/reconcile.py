@@ -1,0 +1,262 @@
+"""Reconcile: ranges -> vaults in scope -> plan -> write (or report) -> ledger.
+
+The order of a write is what makes it safe:
+1. plan on the listed state; a compliant vault costs nothing more (no GET, no write);
+2. GET the vault again right before writing and plan on that fresh state;
+3. record the rules about to be added as *pending* in the ledger;
+4. PATCH the complete networkAcls once;
+5. check the response holds what was planned, then confirm ownership in the ledger.
+A crash after 4 leaves pending rules that the next run recognises as its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from kvfirewall.ledger import LedgerEntry, StateStore
+from kvfirewall.plan import Plan, VaultState, plan_vault
+from kvfirewall.ranges import (
+    Desired,
+    RangeDecision,
+    RangeSourceError,
+    choose_snapshot,
+    desired_rules,
+)
+from kvfirewall.report import Report, VaultResult
+from kvfirewall.rules import RuleError, VaultRef, current_ip_network, parse_vault_id, subnet_key
+from kvfirewall.settings import Settings
+from kvfirewall.sources import builtin_snapshot, fetch_snapshot
+from kvfirewall.vaults import Arm, WriteFailed
+
+log = logging.getLogger("kvfirewall")
+WORKERS = 8
+
+Progress = Callable[[int, VaultResult], None]
+
+
+def resolve_ranges(settings: Settings, store: StateStore, arm: Arm | None) -> RangeDecision:
+    """Fetch the configured source, apply the guard, store a new last good snapshot."""
+    builtin = builtin_snapshot()
+    last_good = store.read_snapshot()
+    try:
+        fresh = fetch_snapshot(settings.ip_source, location=settings.service_tag_location, api=arm)
+        error = None
+    except RangeSourceError as exc:
+        fresh, error = None, str(exc)
+    decision = choose_snapshot(
+        fresh,
+        error=error,
+        last_good=last_good,
+        builtin=builtin,
+        max_loss_percent=settings.max_range_loss_percent,
+    )
+    if decision.save:
+        store.write_snapshot(decision.snapshot)
+    if decision.added or decision.removed:
+        log.info(
+            "AzureDevOps ranges changed to version %s: +%s -%s",
+            decision.snapshot.version,
+            [str(p) for p in decision.added],
+            [str(p) for p in decision.removed],
+            extra={"kvf_source_version": decision.snapshot.version},
+        )
+    return decision
+
+
+def in_scope(vault: VaultState, settings: Settings) -> bool:
+    """Whether a vault is managed: in a managed subscription and carrying the tag, if any."""
+    try:
+        ref = parse_vault_id(vault.id)
+    except RuleError:
+        return False
+    if ref.subscription not in settings.subscriptions:
+        return False
+    if settings.vault_tag is None:
+        return True
+    name, value = settings.vault_tag
+    return any(k.lower() == name.lower() and v == value for k, v in vault.tags.items())
+
+
+def reconcile(
+    settings: Settings,
+    *,
+    store: StateStore,
+    arm: Arm,
+    write: bool,
+    mode: str,
+    vault: VaultRef | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Reconcile every vault in scope (or one vault) and return the report."""
+    started = time.monotonic()
+    decision = resolve_ranges(settings, store, arm)
+    desired = desired_rules(settings, decision.snapshot)
+    report = Report(
+        mode=mode,
+        source={
+            "setting": settings.ip_source,
+            "source": decision.snapshot.source,
+            "version": decision.snapshot.version,
+            "status": decision.status,
+            "added": [str(p) for p in decision.added],
+            "removed": [str(p) for p in decision.removed],
+        },
+        warnings=[*decision.warnings, *desired.warnings],
+    )
+    worker = _VaultWorker(settings, store, arm, desired, write)
+    if vault is not None:
+        report.vaults.append(worker.one(vault))
+    else:
+        states = _listed_in_scope(settings, arm, report)
+        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+            for done, result in enumerate(pool.map(worker.listed, states), start=1):
+                report.vaults.append(result)
+                if progress:
+                    progress(done, result)
+    report.arm_calls = {
+        "reads": arm.counts.reads,
+        "writes": arm.counts.writes,
+        "throttled": arm.counts.throttled,
+    }
+    report.duration_seconds = time.monotonic() - started
+    return report
+
+
+def _listed_in_scope(settings: Settings, arm: Arm, report: Report) -> Iterator[VaultState]:
+    for subscription in settings.subscriptions:
+        try:
+            for state in arm.list_vaults(subscription):
+                if in_scope(state, settings):
+                    yield state
+                else:
+                    report.out_of_scope += 1
+        except Exception as exc:  # one subscription's failure must not stop the others
+            report.warnings.append(f"listing subscription {subscription} failed: {_safe(exc)}")
+            report.vaults.append(
+                VaultResult(
+                    id=f"/subscriptions/{subscription}",
+                    outcome="failed",
+                    reason="could not list vaults",
+                    error=_safe(exc),
+                )
+            )
+
+
+class _VaultWorker:
+    """Reconciles single vaults; shared by the threads of one run."""
+
+    def __init__(
+        self, settings: Settings, store: StateStore, arm: Arm, desired: Desired, write: bool
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.arm = arm
+        self.desired = desired
+        self.write = write
+
+    def one(self, ref: VaultRef) -> VaultResult:
+        """A single vault named by id: read it fresh (callers never pass state)."""
+        try:
+            state = self.arm.get_vault(ref)
+        except Exception as exc:
+            return _failed(ref.id, exc)
+        if state is None:
+            return VaultResult(id=ref.id, outcome="skipped", reason="vault not found")
+        if not in_scope(state, self.settings):
+            return VaultResult(id=state.id, outcome="skipped", reason="not in scope")
+        return self.listed(state, fresh=True)
+
+    def listed(self, state: VaultState, *, fresh: bool = False) -> VaultResult:
+        try:
+            result = self._reconcile(state, fresh=fresh)
+        except Exception as exc:  # one vault's failure never stops the others
+            result = _failed(state.id, exc)
+        log.info(
+            "%s %s: %s",
+            result.outcome,
+            state.id,
+            result.error or result.reason,
+            extra={"kvf_vault_id": state.id, "kvf_outcome": result.outcome},
+        )
+        return result
+
+    def _reconcile(self, state: VaultState, *, fresh: bool) -> VaultResult:
+        ref = parse_vault_id(state.id)
+        entry = self.store.read_entry(ref.key)
+        plan = plan_vault(state, entry, self.desired)
+        if plan.action != "write" or not self.write:
+            return self._settle(plan, entry, ref)
+        if not fresh:
+            state = self.arm.get_vault(ref)
+            if state is None:
+                return VaultResult(id=ref.id, outcome="skipped", reason="vault deleted meanwhile")
+            if not in_scope(state, self.settings):
+                return VaultResult(id=state.id, outcome="skipped", reason="left scope meanwhile")
+            plan = plan_vault(state, entry, self.desired)
+            if plan.action != "write":
+                return self._settle(plan, entry, ref)
+        self.store.write_entry(
+            ref.key,
+            LedgerEntry(
+                ip_rules=entry.ip_rules,
+                subnets=entry.subnets,
+                pending_ip_rules=entry.pending_ip_rules | plan.owned.ip_rules,
+                pending_subnets=entry.pending_subnets | plan.owned.subnets,
+            ),
+        )
+        after = self.arm.update_network_acls(ref, plan.network_acls)
+        missing = _missing(plan, after)
+        if missing:
+            return _result(plan, "failed", error=f"write not reflected by the service: {missing}")
+        self.store.write_entry(ref.key, plan.owned)
+        return _result(plan, "updated")
+
+    def _settle(self, plan: Plan, entry: LedgerEntry, ref: VaultRef) -> VaultResult:
+        """Outcome of a plan that is not written; keeps the ledger truthful if it moved."""
+        if plan.action == "skip":
+            return _result(plan, "skipped")
+        if plan.action == "refuse":
+            return _result(plan, "failed", error=f"refused: {plan.reason}")
+        if plan.action == "write":
+            return _result(plan, "planned")
+        if self.write and plan.owned != entry:
+            self.store.write_entry(ref.key, plan.owned)
+        return _result(plan, "unchanged")
+
+
+def _missing(plan: Plan, after: VaultState) -> list[str]:
+    """Planned rules absent from the vault the PATCH returned."""
+    acls = after.network_acls or {}
+    nets = {current_ip_network(r.get("value", "")) for r in acls.get("ipRules") or ()}
+    subnets = {subnet_key(r.get("id", "")) for r in acls.get("virtualNetworkRules") or ()}
+    sent = plan.network_acls or {}
+    missing = [r["value"] for r in sent["ipRules"] if current_ip_network(r["value"]) not in nets]
+    missing += [r["id"] for r in sent["virtualNetworkRules"] if subnet_key(r["id"]) not in subnets]
+    return missing
+
+
+def _result(plan: Plan, outcome: str, *, error: str | None = None) -> VaultResult:
+    return VaultResult(
+        id=plan.vault_id,
+        outcome=outcome,
+        reason=plan.reason,
+        added=plan.added,
+        removed=plan.removed,
+        kept=plan.kept,
+        error=error,
+    )
+
+
+def _safe(exc: Exception) -> str:
+    """An error message fit for a report: first line only, bounded, no tracebacks."""
+    if isinstance(exc, WriteFailed):
+        return str(exc)
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def _failed(vault_id: str, exc: Exception) -> VaultResult:
+    return VaultResult(id=vault_id, outcome="failed", reason="error", error=_safe(exc))

@@ -1,0 +1,118 @@
+"""One report for every run: JSON for machines, a table for people.
+
+The CLI, the HTTP trigger and the logs all show this same object, so what an operator reads
+in a terminal is exactly what a pipeline parses.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from kvfirewall.plan import Change
+
+OUTCOMES = ("updated", "unchanged", "planned", "skipped", "failed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VaultResult:
+    """What happened to one vault and why."""
+
+    id: str
+    outcome: str  # one of OUTCOMES
+    reason: str
+    added: tuple[Change, ...] = ()
+    removed: tuple[Change, ...] = ()
+    kept: tuple[Change, ...] = ()
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        def rules(changes: tuple[Change, ...]) -> list[dict]:
+            return [{"rule": c.rule, "why": c.why} for c in changes]
+
+        return {
+            "id": self.id,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "added": rules(self.added),
+            "removed": rules(self.removed),
+            "kept": rules(self.kept),
+            "error": self.error,
+        }
+
+
+@dataclass(kw_only=True)
+class Report:
+    """A whole run: mode, where the ranges came from, and every vault's result."""
+
+    mode: str  # "enforce" (writes) | "audit" (never writes) | "plan" (dry run)
+    source: dict
+    vaults: list[VaultResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    out_of_scope: int = 0
+    arm_calls: dict = field(default_factory=dict)
+    duration_seconds: float = 0.0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counter = Counter(v.outcome for v in self.vaults)
+        return {outcome: counter.get(outcome, 0) for outcome in OUTCOMES}
+
+    @property
+    def failed(self) -> bool:
+        return any(v.outcome == "failed" for v in self.vaults)
+
+    def summary(self) -> str:
+        """One line for logs and the end of a table."""
+        counts = ", ".join(f"{n} {o}" for o, n in self.counts.items() if n)
+        return (
+            f"kvfirewall {self.mode}: {len(self.vaults)} vaults ({counts or 'none'}); "
+            f"ranges {self.source.get('version')} ({self.source.get('status')}); "
+            f"ARM {self.arm_calls.get('reads', 0)} reads, {self.arm_calls.get('writes', 0)} writes"
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "mode": self.mode,
+            "source": self.source,
+            "counts": {**self.counts, "outOfScope": self.out_of_scope},
+            "armCalls": self.arm_calls,
+            "durationSeconds": round(self.duration_seconds, 3),
+            "warnings": self.warnings,
+            "vaults": [v.to_json() for v in self.vaults],
+        }
+
+    def to_table(self) -> str:
+        """A fixed-width table, one row per vault, then the warnings and the summary."""
+        rows = [("VAULT", "OUTCOME", "+", "-", "KEPT", "REASON")]
+        for v in sorted(self.vaults, key=lambda r: r.id.lower()):
+            reason = v.error or v.reason
+            rows.append(
+                (
+                    _short_id(v.id),
+                    v.outcome,
+                    str(len(v.added)),
+                    str(len(v.removed)),
+                    str(len(v.kept)),
+                    reason,
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5]
+            for r in rows
+        ]
+        for v in sorted(self.vaults, key=lambda r: r.id.lower()):
+            for c in v.added:
+                lines.append(f"  + {_short_id(v.id)}: {c.rule}  ({c.why})")
+            for c in v.removed:
+                lines.append(f"  - {_short_id(v.id)}: {c.rule}  ({c.why})")
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+
+def _short_id(vault_id: str) -> str:
+    """`<resource group>/<vault>`: enough for a person, the JSON keeps the full id."""
+    parts = vault_id.split("/")
+    return f"{parts[4]}/{parts[-1]}" if len(parts) >= 9 else vault_id

@@ -1,0 +1,307 @@
+"""Settings: one typed, frozen object built from the environment (app settings in Azure).
+
+Everything is validated here, once, before any call to Azure: a typo in an app setting must
+stop the run with a message naming the setting and the value, not surface later as a
+half-applied firewall.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from kvfirewall.geographies import GEOGRAPHY_REGIONS, canonical_geography
+from kvfirewall.rules import (
+    SUBSCRIPTION_RE,
+    RuleError,
+    canonical_subnet_id,
+    public_ipv4_network,
+    subnet_key,
+)
+
+MODES = ("audit", "enforce")
+DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
+DEFAULT_LOCAL_STATE = "./.kvfirewall"
+_REGION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}\Z")
+_LOCATION_RE = _REGION_RE
+_TAG_NAME_RE = re.compile(r"^[^<>%&\\?/]{1,512}$")
+
+# name -> (meaning, default shown to people); the product's interface, also read by the docs tests.
+SETTINGS: dict[str, tuple[str, str]] = {
+    "KVF_SUBSCRIPTIONS": ("comma-separated subscription ids whose vaults are managed", ""),
+    "KVF_ADO_GEOGRAPHIES": ("Azure DevOps geographies, e.g. Europe,United States", ""),
+    "KVF_ADO_REGIONS": ("extra regions whose AzureDevOps.<Region> ranges are allowed", ""),
+    "KVF_IP_SOURCE": ("api, builtin, or an https URL / file path of a ServiceTags JSON", "api"),
+    "KVF_SERVICE_TAG_LOCATION": ("location passed to the Service Tag Discovery API", "westus"),
+    "KVF_AGENT_SUBNETS": ("comma-separated subnet resource ids of self-hosted agents", ""),
+    "KVF_EXTRA_IP_RULES": ("comma-separated public IPv4 addresses/CIDRs always allowed", ""),
+    "KVF_VAULT_TAG": ("name=value: only vaults carrying this tag are managed", ""),
+    "KVF_MODE": ("enforce (write) or audit (report only)", "audit"),
+    "KVF_ARM_ENDPOINT": ("Azure Resource Manager base URL", DEFAULT_ARM_ENDPOINT),
+    "KVF_STATE": ("ledger location: a directory or an Azure Storage connection string", ""),
+    "KVF_MAX_RANGE_LOSS_PERCENT": (
+        "largest share of AzureDevOps IPv4 prefixes a refresh may drop before it is refused",
+        "20",
+    ),
+}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the setting and the value."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateLocation:
+    """Where the ledger and range snapshots live."""
+
+    kind: str  # "local" | "connection-string" | "identity"
+    value: str  # directory, connection string, or storage account name
+
+    def describe(self) -> str:
+        """A description safe for logs: never the connection string's secrets."""
+        if self.kind == "local":
+            return f"directory {self.value}"
+        if self.kind == "identity":
+            return f"storage account {self.value} (managed identity)"
+        fields = _connection_fields(self.value)
+        if fields.get("usedevelopmentstorage", "").lower() == "true":
+            return "Azurite (development storage)"
+        return f"storage account {fields.get('accountname', '?')}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Validated configuration of one kvfirewall deployment."""
+
+    subscriptions: tuple[str, ...]
+    geographies: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()
+    ip_source: str = "api"
+    service_tag_location: str = "westus"
+    agent_subnets: tuple[str, ...] = ()
+    extra_ip_rules: tuple[IPv4Network, ...] = ()
+    vault_tag: tuple[str, str] | None = None
+    mode: str = "audit"
+    arm_endpoint: str = DEFAULT_ARM_ENDPOINT
+    state: StateLocation = StateLocation(kind="local", value=DEFAULT_LOCAL_STATE)
+    max_range_loss_percent: float = 20.0
+
+    @property
+    def all_regions(self) -> tuple[str, ...]:
+        """Every region whose AzureDevOps ranges are wanted, geographies expanded, no repeats."""
+        regions = [r for g in self.geographies for r in GEOGRAPHY_REGIONS[g]]
+        regions.extend(self.regions)
+        return tuple(dict.fromkeys(regions))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build and validate settings from environment variables (app settings)."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str:
+            return env.get(name, "").strip()
+
+        subscriptions = tuple(
+            _unique(_parse_subscription(v) for v in _items(get("KVF_SUBSCRIPTIONS")))
+        )
+        if not subscriptions:
+            raise SettingsError("KVF_SUBSCRIPTIONS is required: comma-separated subscription ids")
+
+        geographies = tuple(
+            _unique(_parse_geography(v) for v in _items(get("KVF_ADO_GEOGRAPHIES")))
+        )
+        regions = tuple(_unique(_parse_region(v) for v in _items(get("KVF_ADO_REGIONS"))))
+        subnets = tuple(
+            _unique(
+                (
+                    _parse_rule("KVF_AGENT_SUBNETS", canonical_subnet_id, v)
+                    for v in _items(get("KVF_AGENT_SUBNETS"))
+                ),
+                key=subnet_key,
+            )
+        )
+        extra = tuple(
+            _unique(
+                _parse_rule("KVF_EXTRA_IP_RULES", public_ipv4_network, v)
+                for v in _items(get("KVF_EXTRA_IP_RULES"))
+            )
+        )
+        if not (geographies or regions or subnets or extra):
+            raise SettingsError(
+                "nothing to allow: set at least one of KVF_ADO_GEOGRAPHIES, KVF_ADO_REGIONS, "
+                "KVF_AGENT_SUBNETS or KVF_EXTRA_IP_RULES"
+            )
+
+        return cls(
+            subscriptions=subscriptions,
+            geographies=geographies,
+            regions=regions,
+            ip_source=_parse_ip_source(get("KVF_IP_SOURCE") or "api"),
+            service_tag_location=_parse_location(get("KVF_SERVICE_TAG_LOCATION") or "westus"),
+            agent_subnets=subnets,
+            extra_ip_rules=extra,
+            vault_tag=_parse_vault_tag(get("KVF_VAULT_TAG")),
+            mode=_parse_mode(get("KVF_MODE") or "audit"),
+            arm_endpoint=_parse_arm_endpoint(get("KVF_ARM_ENDPOINT") or DEFAULT_ARM_ENDPOINT),
+            state=_parse_state(env),
+            max_range_loss_percent=_parse_percent(get("KVF_MAX_RANGE_LOSS_PERCENT") or "20"),
+        )
+
+
+def _items(value: str) -> list[str]:
+    """Split a comma-separated setting; blanks (trailing commas, spaces) are ignored."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _unique(values, key=lambda v: v):
+    seen: set = set()
+    for value in values:
+        k = key(value)
+        if k not in seen:
+            seen.add(k)
+            yield value
+
+
+def _parse_subscription(value: str) -> str:
+    if not SUBSCRIPTION_RE.match(value):
+        raise SettingsError(f"KVF_SUBSCRIPTIONS: {value!r} is not a subscription id (a GUID)")
+    return value.lower()
+
+
+def _parse_geography(value: str) -> str:
+    geography = canonical_geography(value)
+    if geography is None:
+        valid = ", ".join(GEOGRAPHY_REGIONS)
+        raise SettingsError(
+            f"KVF_ADO_GEOGRAPHIES: unknown geography {value!r}; valid: {valid} "
+            "(other regions can be added with KVF_ADO_REGIONS)"
+        )
+    return geography
+
+
+def _parse_region(value: str) -> str:
+    region = value.replace(" ", "").lower()
+    if not _REGION_RE.match(region):
+        raise SettingsError(
+            f"KVF_ADO_REGIONS: {value!r} is not an Azure region name (e.g. swedencentral)"
+        )
+    return region
+
+
+def _parse_location(value: str) -> str:
+    location = value.replace(" ", "").lower()
+    if not _LOCATION_RE.match(location):
+        raise SettingsError(f"KVF_SERVICE_TAG_LOCATION: {value!r} is not an Azure region name")
+    return location
+
+
+def _parse_rule(setting: str, parse, value: str):
+    try:
+        return parse(value)
+    except RuleError as exc:
+        raise SettingsError(f"{setting}: {exc}") from None
+
+
+def _parse_ip_source(value: str) -> str:
+    lowered = value.lower()
+    if lowered in ("api", "builtin"):
+        return lowered
+    scheme = urlsplit(value).scheme.lower()
+    if scheme == "https":
+        if not urlsplit(value).hostname:
+            raise SettingsError(f"KVF_IP_SOURCE: {value!r} is not a valid https URL")
+        return value
+    if scheme in ("http", "ftp", "file"):
+        raise SettingsError(
+            f"KVF_IP_SOURCE: {value!r} is not allowed; "
+            "use api, builtin, an https URL or a file path"
+        )
+    if not Path(value).is_file():
+        raise SettingsError(
+            f"KVF_IP_SOURCE: {value!r} is not api, builtin, an https URL or an existing file"
+        )
+    return value
+
+
+def _parse_vault_tag(value: str) -> tuple[str, str] | None:
+    if not value:
+        return None
+    name, sep, tag_value = value.partition("=")
+    name, tag_value = name.strip(), tag_value.strip()
+    if not sep or not name or not _TAG_NAME_RE.match(name):
+        raise SettingsError(f"KVF_VAULT_TAG: {value!r} is not name=value (e.g. kvfirewall=managed)")
+    return name, tag_value
+
+
+def _parse_mode(value: str) -> str:
+    mode = value.lower()
+    if mode not in MODES:
+        raise SettingsError(f"KVF_MODE: {value!r} is not one of {', '.join(MODES)}")
+    return mode
+
+
+def _parse_arm_endpoint(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme.lower() != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise SettingsError(
+            f"KVF_ARM_ENDPOINT: {value!r} is not an https base URL "
+            "(e.g. https://management.azure.com)"
+        )
+    return value.rstrip("/")
+
+
+def _parse_percent(value: str) -> float:
+    try:
+        percent = float(value)
+    except ValueError:
+        percent = -1.0
+    if not 0 <= percent <= 100:
+        raise SettingsError(f"KVF_MAX_RANGE_LOSS_PERCENT: {value!r} is not a number from 0 to 100")
+    return percent
+
+
+def _connection_fields(connection_string: str) -> dict[str, str]:
+    fields = {}
+    for part in connection_string.split(";"):
+        key, sep, value = part.partition("=")
+        if sep:
+            fields[key.strip().lower()] = value.strip()
+    return fields
+
+
+def _parse_state(env: Mapping[str, str]) -> StateLocation:
+    """KVF_STATE, else the Functions host's storage (AzureWebJobsStorage), else ./.kvfirewall."""
+    explicit = env.get("KVF_STATE", "").strip()
+    source = "KVF_STATE"
+    value = explicit
+    if not value:
+        source = "AzureWebJobsStorage"
+        value = env.get("AzureWebJobsStorage", "").strip()
+    if not value:
+        account = env.get("AzureWebJobsStorage__accountName", "").strip()
+        if account:
+            if not re.fullmatch(r"[a-z0-9]{3,24}", account):
+                raise SettingsError(
+                    f"AzureWebJobsStorage__accountName: {account!r} is not a storage account name"
+                )
+            return StateLocation(kind="identity", value=account)
+        return StateLocation(kind="local", value=DEFAULT_LOCAL_STATE)
+    if "=" in value:
+        fields = _connection_fields(value)
+        dev = fields.get("usedevelopmentstorage", "").lower() == "true"
+        if not dev and not (
+            {"accountname", "accountkey"} <= fields.keys() or "sharedaccesssignature" in fields
+        ):
+            # Never echo a connection string: it holds a key.
+            raise SettingsError(
+                f"{source}: not a valid Azure Storage connection string (it needs "
+                "AccountName and AccountKey, a SharedAccessSignature, "
+                "or UseDevelopmentStorage=true)"
+            )
+        return StateLocation(kind="connection-string", value=value)
+    return StateLocation(kind="local", value=value)

@@ -1,0 +1,102 @@
+"""Where the AzureDevOps ranges come from: the Discovery API, a file or URL, or the builtin copy.
+
+Every failure becomes a `RangeSourceError`; the guard in `ranges.py` then keeps the last good
+snapshot. Downloads are https-only (also after redirects), time-limited and size-capped,
+because this document decides what may reach every vault.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urljoin, urlsplit
+
+from kvfirewall.ranges import RangeSourceError, Snapshot, parse_service_tags
+
+BUILTIN_FILE = "ServiceTags_Public_20251028.AzureDevOps-only.json"
+MAX_DOCUMENT_BYTES = 32 * 1024 * 1024  # weekly public files are ~5 MiB and growing
+TIMEOUT = (5, 30)  # connect, read (seconds)
+MAX_REDIRECTS = 5
+
+
+class ServiceTagsApi(Protocol):
+    def service_tags(self, location: str) -> dict: ...
+
+
+def builtin_snapshot() -> Snapshot:
+    """The AzureDevOps entries of the 2025-10-28 public file, shipped with the package."""
+    text = resources.files("kvfirewall").joinpath("data", BUILTIN_FILE).read_text()
+    return parse_service_tags(json.loads(text), source="builtin")
+
+
+def fetch_snapshot(source: str, *, location: str, api: ServiceTagsApi | None) -> Snapshot:
+    """Fetch and parse the configured source (`api`, `builtin`, https URL or file path)."""
+    if source == "builtin":
+        return builtin_snapshot()
+    if source == "api":
+        if api is None:
+            raise RangeSourceError("api: no Resource Manager client")
+        try:
+            document = api.service_tags(location)
+        except Exception as exc:  # any SDK/transport failure is a source failure
+            raise RangeSourceError(f"api: {type(exc).__name__}: {_short(exc)}") from None
+        return parse_service_tags(document, source=f"api ({location})")
+    if urlsplit(source).scheme.lower() == "https":
+        return parse_service_tags(_parse_json(_download(source), source), source=source)
+    return parse_service_tags(_parse_json(_read_file(Path(source)), source), source=source)
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:300] if str(exc) else ""
+
+
+def _parse_json(data: bytes, source: str) -> object:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RangeSourceError(f"{source}: not valid JSON ({exc})") from None
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_DOCUMENT_BYTES + 1)
+    except OSError as exc:
+        raise RangeSourceError(f"{path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise RangeSourceError(f"{path}: larger than {MAX_DOCUMENT_BYTES} bytes")
+    return data
+
+
+def _download(url: str) -> bytes:
+    """GET over https only, following at most a few https redirects, with a size cap."""
+    import requests
+
+    for _ in range(MAX_REDIRECTS + 1):
+        if urlsplit(url).scheme.lower() != "https":
+            raise RangeSourceError(f"{url}: refusing a non-https URL")
+        try:
+            response = requests.get(url, timeout=TIMEOUT, stream=True, allow_redirects=False)
+        except requests.RequestException as exc:
+            raise RangeSourceError(f"{url}: {type(exc).__name__}: {_short(exc)}") from None
+        with response:
+            if response.is_redirect:
+                url = urljoin(url, response.headers.get("Location", ""))
+                continue
+            if response.status_code != 200:
+                raise RangeSourceError(f"{url}: HTTP {response.status_code}")
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > MAX_DOCUMENT_BYTES:
+                raise RangeSourceError(f"{url}: larger than {MAX_DOCUMENT_BYTES} bytes")
+            data = bytearray()
+            try:
+                for chunk in response.iter_content(64 * 1024):
+                    data.extend(chunk)
+                    if len(data) > MAX_DOCUMENT_BYTES:
+                        raise RangeSourceError(f"{url}: larger than {MAX_DOCUMENT_BYTES} bytes")
+            except requests.RequestException as exc:
+                raise RangeSourceError(f"{url}: {type(exc).__name__}: {_short(exc)}") from None
+            return bytes(data)
+    raise RangeSourceError(f"{url}: more than {MAX_REDIRECTS} redirects")

@@ -1,0 +1,183 @@
+"""The Azure Resource Manager adapter: list, read and PATCH vaults; read service tags.
+
+Thin on purpose: it turns SDK objects into `VaultState` and back, counts calls, and retries
+writes where azure-core does not. azure-core retries a PATCH only on 500/503/504 or when
+Retry-After is present; Key Vault answers overlapping writes with 409 ("serialize the
+operations") and ARM may throttle with 429, so writes get a bounded retry of their own.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.pipeline.policies import SansIOHTTPPolicy
+
+from kvfirewall.plan import VaultState
+from kvfirewall.rules import VaultRef
+
+# The documented token audiences of the known clouds; any other endpoint uses "<endpoint>/.default".
+KNOWN_SCOPES = {
+    "https://management.azure.com": "https://management.azure.com/.default",
+    "https://management.usgovcloudapi.net": "https://management.core.usgovcloudapi.net/.default",
+    "https://management.chinacloudapi.cn": "https://management.chinacloudapi.cn/.default",
+}
+SERVICE_TAGS_API_VERSION = "2024-05-01"
+RETRYABLE_WRITE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+USER_AGENT = "kvfirewall/0.1"
+
+
+def token_scope(endpoint: str) -> str:
+    """The credential scope that matches a Resource Manager endpoint."""
+    base = endpoint.rstrip("/")
+    return KNOWN_SCOPES.get(base.lower(), f"{base}/.default")
+
+
+@dataclass
+class CallCounts:
+    """ARM requests sent (retries included) and throttling answers received."""
+
+    reads: int = 0
+    writes: int = 0
+    throttled: int = 0
+
+
+class _CountingPolicy(SansIOHTTPPolicy):
+    def __init__(self, counts: CallCounts, lock: threading.Lock) -> None:
+        self._counts = counts
+        self._lock = lock
+
+    def on_request(self, request) -> None:
+        with self._lock:
+            if request.http_request.method.upper() in ("GET", "HEAD"):
+                self._counts.reads += 1
+            else:
+                self._counts.writes += 1
+
+    def on_response(self, request, response) -> None:
+        if response.http_response.status_code == 429:
+            with self._lock:
+                self._counts.throttled += 1
+
+
+class WriteFailed(Exception):
+    """A vault write failed for good (after retries); the message is safe to report."""
+
+
+class Arm:
+    """Resource Manager access for one deployment, with one SDK client per subscription."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        subscriptions: tuple[str, ...],
+        credential=None,
+        write_retry_seconds: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if credential is None:
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+        self.endpoint = endpoint.rstrip("/")
+        self.subscriptions = subscriptions
+        self.counts = CallCounts()
+        self._credential = credential
+        self._write_retry_seconds = write_retry_seconds
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._clients: dict = {}
+
+    def _client(self, subscription: str):
+        with self._lock:
+            client = self._clients.get(subscription)
+            if client is None:
+                from azure.mgmt.keyvault import KeyVaultManagementClient
+
+                client = KeyVaultManagementClient(
+                    self._credential,
+                    subscription,
+                    base_url=self.endpoint,
+                    credential_scopes=[token_scope(self.endpoint)],
+                    per_retry_policies=[_CountingPolicy(self.counts, self._lock)],
+                    user_agent=USER_AGENT,
+                )
+                self._clients[subscription] = client
+            return client
+
+    def list_vaults(self, subscription: str) -> Iterator[VaultState]:
+        """Every vault of a subscription, page by page (list results carry networkAcls)."""
+        for vault in self._client(subscription).vaults.list_by_subscription():
+            yield to_state(vault)
+
+    def get_vault(self, ref: VaultRef) -> VaultState | None:
+        """A fresh read of one vault, or None if it does not exist (any more)."""
+        try:
+            vault = self._client(ref.subscription).vaults.get(ref.resource_group, ref.name)
+        except ResourceNotFoundError:
+            return None
+        return to_state(vault)
+
+    def update_network_acls(self, ref: VaultRef, network_acls: dict) -> VaultState:
+        """PATCH the complete networkAcls, and nothing else (never accessPolicies)."""
+        client = self._client(ref.subscription)
+        body = {"properties": {"networkAcls": network_acls}}
+        deadline = time.monotonic() + self._write_retry_seconds
+        attempt = 0
+        while True:
+            try:
+                return to_state(client.vaults.update(ref.resource_group, ref.name, body))
+            except HttpResponseError as exc:
+                status = exc.status_code or 0
+                wait = _retry_after(exc) or min(10.0, 0.5 * 2**attempt) * random.uniform(0.5, 1)
+                if status not in RETRYABLE_WRITE_STATUS or time.monotonic() + wait > deadline:
+                    raise WriteFailed(_describe(exc)) from None
+                attempt += 1
+                self._sleep(wait)
+
+    def service_tags(self, location: str) -> dict:
+        """The Service Tag Discovery API document, through the first managed subscription."""
+        from azure.core.rest import HttpRequest
+
+        subscription = self.subscriptions[0]
+        url = (
+            f"/subscriptions/{subscription}/providers/Microsoft.Network/locations/{location}"
+            f"/serviceTags?api-version={SERVICE_TAGS_API_VERSION}"
+        )
+        response = self._client(subscription).send_request(HttpRequest("GET", url))
+        response.raise_for_status()
+        return response.json()
+
+
+def _retry_after(exc: HttpResponseError) -> float | None:
+    headers = exc.response.headers if exc.response is not None else {}
+    value = headers.get("Retry-After", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _describe(exc: HttpResponseError) -> str:
+    """The ARM error code and message, without request ids or headers."""
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None) or exc.reason or "Error"
+    message = getattr(error, "message", None) or str(exc).splitlines()[0]
+    return f"HTTP {exc.status_code} {code}: {message}"[:500]
+
+
+def to_state(vault) -> VaultState:
+    """An SDK `Vault` (a camelCase mapping since azure-mgmt-keyvault 13) as a `VaultState`."""
+    data = vault.as_dict()
+    properties = data.get("properties") or {}
+    return VaultState(
+        id=data["id"],
+        tags=dict(data.get("tags") or {}),
+        public_network_access=properties.get("publicNetworkAccess"),
+        network_acls=properties.get("networkAcls"),
+    )
