@@ -208,6 +208,7 @@ class Emulator:
     principal_id = "9c4b7f21-0000-4000-8000-00000000cccc"
 
     def __init__(self, page_size: int = 50) -> None:
+        self._default_page_size = page_size
         self.page_size = page_size
         self.latency = 0.0
         self.write_latency = 0.0
@@ -244,7 +245,7 @@ class Emulator:
         self._server = server
         self._port = server.server_address[1]
         self._thread = threading.Thread(
-            target=server.serve_forever, name="arm-emulator", daemon=True
+            target=server.serve_forever, args=(0.05,), name="arm-emulator", daemon=True
         )
         self._thread.start()
         return self
@@ -284,7 +285,10 @@ class Emulator:
         }
 
     def reset(self) -> None:
-        """Forget everything a test may have set up; issued tokens stay valid."""
+        """Forget everything a test may have set up (page_size and latencies revert too).
+
+        Issued tokens stay valid, so credentials cached across tests keep working.
+        """
         with self._lock:
             self._vaults: dict[tuple[str, str, str], dict[str, Any]] = {}
             self._subnets: dict[str, bool] = {}
@@ -298,6 +302,7 @@ class Emulator:
             self._generation += 1
             self.latency = 0.0
             self.write_latency = 0.0
+            self.page_size = self._default_page_size
             self.clear_log()
 
     def clear_log(self) -> None:
