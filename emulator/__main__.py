@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import time
 from pathlib import Path
 
@@ -24,6 +25,8 @@ def main() -> None:
     parser.add_argument("--seed", action="store_true", help="add a demo vault and service tags")
     parser.add_argument("--subscription", default="00000000-0000-0000-0000-000000000001")
     args = parser.parse_args()
+    # Treat SIGTERM like ^C so the temporary CA directory is removed either way.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with Emulator() as emu:
         if args.seed:
             vault_id = emu.add_vault(args.subscription, "demo-rg", "demo-kv")

@@ -226,6 +226,21 @@ def test_patch_replaces_whole_network_acls_and_keeps_other_properties(
     assert "accessPolicies" not in sent.body["properties"]
 
 
+def test_put_replaces_existing_vault(emulator: Emulator, client: KeyVaultManagementClient) -> None:
+    vault_id = emulator.add_vault(
+        SUB, "rg", "kv-put", tags={"old": "1"}, network_acls={"ipRules": [{"value": "1.2.3.4"}]}
+    )
+    created_at = emulator.vault(vault_id)["systemData"]["createdAt"]
+    replaced = client.vaults.begin_create_or_update(
+        "RG", "KV-PUT", {"location": "westeurope", "tags": {"new": "2"}, "properties": {}}
+    ).result()
+    assert emulator.requests[-1].status == 200
+    assert replaced.id == vault_id
+    assert replaced.tags == {"new": "2"}
+    assert replaced.properties.network_acls is None
+    assert emulator.vault(vault_id)["systemData"]["createdAt"] == created_at
+
+
 def test_patch_of_missing_vault_is_404(client: KeyVaultManagementClient) -> None:
     with pytest.raises(ResourceNotFoundError):
         client.vaults.update("rg", "kv-gone", acls_patch(ip_rules=[]))
@@ -547,3 +562,30 @@ def test_static_files_redirects_and_faults(emulator: Emulator) -> None:
         status = requests.get(f"{emulator.url}/flaky", verify=emulator.ca_bundle, timeout=5)
         assert status.status_code == expected
     assert (emulator.reads, emulator.writes) == (0, 0)
+
+
+def test_reset_forgets_state_but_keeps_tokens(emulator: Emulator) -> None:
+    client = make_client(emulator)
+    emulator.add_vault(SUB, "rg", "kv-reset")
+    emulator.add_subnet(SUBNET)
+    emulator.add_file("/f", b"x")
+    emulator.fail("*", "/vaults", 400, times=5)
+    emulator.throttle(reads=(1, 0.001), writes=None)
+    emulator.write_latency = 5.0
+    emulator.page_size = 1
+    with pytest.raises(HttpResponseError):
+        client.vaults.get("rg", "kv-reset")
+
+    emulator.reset()
+
+    assert (emulator.requests, emulator.events, emulator.reads) == ([], [], 0)
+    assert (emulator.page_size, emulator.write_latency) == (50, 0.0)
+    assert list(client.vaults.list_by_subscription()) == []
+    assert list(client.vaults.list_by_subscription()) == []  # no read throttle any more
+    assert (
+        requests.get(f"{emulator.url}/f", verify=emulator.ca_bundle, timeout=5).status_code == 404
+    )
+    with pytest.raises(ValueError, match="could not be validated"):
+        emulator.add_vault(
+            SUB, "rg", "kv-x", network_acls={"virtualNetworkRules": [{"id": SUBNET}]}
+        )
