@@ -134,7 +134,13 @@ def _atomic_write(path: Path, data: dict) -> None:
 class AzureStore:
     """Azure Storage: Table `kvfirewallledger` (PartitionKey = subscription) and a Blob."""
 
-    def __init__(self, location: StateLocation) -> None:
+    def __init__(
+        self,
+        location: StateLocation,
+        *,
+        table: str = TABLE_NAME,
+        container: str = CONTAINER_NAME,
+    ) -> None:
         from azure.data.tables import TableServiceClient
         from azure.storage.blob import BlobServiceClient
 
@@ -153,8 +159,8 @@ class AzureStore:
         else:
             tables = TableServiceClient.from_connection_string(location.value)
             blobs = BlobServiceClient.from_connection_string(location.value)
-        self._table = tables.get_table_client(TABLE_NAME)
-        self._container = blobs.get_container_client(CONTAINER_NAME)
+        self._table = tables.get_table_client(table)
+        self._container = blobs.get_container_client(container)
         self._ready = False
 
     def describe(self) -> str:

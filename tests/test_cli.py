@@ -1,0 +1,108 @@
+"""The CLI as a user runs it: a separate process, settings from the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parent / "fixtures"
+SUB = "11111111-1111-1111-1111-111111111111"
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kvfirewall", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def env(emulator, tmp_path):
+    emulator.set_service_tags(
+        json.loads((FIXTURES / "ServiceTags_Public_20251028.AzureDevOps-only.json").read_text())
+    )
+    return {
+        **os.environ,
+        "KVF_SUBSCRIPTIONS": SUB,
+        "KVF_ADO_GEOGRAPHIES": "United Kingdom",
+        "KVF_STATE": str(tmp_path / "state"),
+    }
+
+
+def test_bad_settings_exit_2_with_one_line_and_no_traceback(env):
+    result = cli("plan", env={**env, "KVF_EXTRA_IP_RULES": "10.0.0.0/8"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "kvfirewall: error: KVF_EXTRA_IP_RULES: '10.0.0.0/8' is not a public address range "
+        "(private, loopback, link-local or reserved); Key Vault firewalls accept public IPv4 only"
+    ]
+    assert result.stdout == ""
+
+
+def test_a_vault_outside_the_managed_subscriptions_is_refused(env, emulator):
+    other = "/subscriptions/99999999-9999-9999-9999-999999999999/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv1"
+    result = cli("apply", "--vault", other, env=env)
+    assert result.returncode == 2
+    assert "not in KVF_SUBSCRIPTIONS" in result.stderr
+    assert emulator.reads == emulator.writes == 0
+
+
+def test_apply_then_apply_again_changes_nothing(env, emulator):
+    vault = emulator.add_vault(SUB, "rg", "kv-one")
+    first = cli("apply", "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert report["counts"]["updated"] == 1
+    assert report["vaults"][0]["added"] == [
+        {"rule": "51.104.26.0/24", "why": "AzureDevOps uksouth (United Kingdom)"}
+    ]
+    assert report["source"]["version"] == "8"
+    rules = emulator.vault(vault)["properties"]["networkAcls"]["ipRules"]
+    assert rules == [{"value": "51.104.26.0/24"}]
+
+    second = cli("apply", env=env)
+    assert second.returncode == 0
+    assert "kv-one" in second.stdout and "unchanged" in second.stdout
+    assert "0 writes" in second.stdout.splitlines()[-1]
+
+
+def test_plan_prints_a_table_and_never_writes(env, emulator):
+    emulator.add_vault(SUB, "rg", "kv-one")
+    result = cli("plan", env=env)
+    assert result.returncode == 0
+    assert "rg/kv-one" in result.stdout and "planned" in result.stdout
+    assert "+ rg/kv-one: 51.104.26.0/24" in result.stdout
+    assert emulator.writes == 0
+
+
+def test_a_failed_vault_exits_1(env, emulator):
+    emulator.add_vault(SUB, "rg", "kv-one")
+    emulator.fail(
+        "PATCH",
+        "kv-one",
+        403,
+        times=5,
+        body={"error": {"code": "AuthorizationFailed", "message": "no"}},
+    )
+    result = cli("apply", "--json", env=env)
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["vaults"][0]["error"].startswith(
+        "HTTP 403 AuthorizationFailed"
+    )
+
+
+def test_ranges_shows_rules_and_source_version(env):
+    result = cli("ranges", "--json", env={**env, "KVF_IP_SOURCE": "builtin"})
+    data = json.loads(result.stdout)
+    assert data["version"] == "8"
+    assert [r["rule"] for r in data["ipRules"]] == ["51.104.26.0/24"]

@@ -1,0 +1,57 @@
+"""The ledger backends: a local directory and Azure Storage (against Azurite)."""
+
+from __future__ import annotations
+
+import uuid
+from ipaddress import IPv4Network
+
+import pytest
+
+from kvfirewall.ledger import AzureStore, LedgerEntry, LocalStore, open_store
+from kvfirewall.settings import StateLocation
+from kvfirewall.sources import builtin_snapshot
+
+VAULT = "/subscriptions/00000000-0000-0000-0000-000000000001/resourcegroups/rg/providers/microsoft.keyvault/vaults/kv1"
+OTHER = VAULT.replace("kv1", "kv2")
+ENTRY = LedgerEntry(
+    ip_rules=frozenset({IPv4Network("40.74.28.0/23")}),
+    subnets=frozenset({"/subscriptions/x/subnets/a"}),
+    pending_ip_rules=frozenset({IPv4Network("52.1.2.3/32")}),
+)
+
+
+@pytest.fixture(params=["local", "azure"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return open_store(StateLocation(kind="local", value=str(tmp_path / "state")))
+    connection = request.getfixturevalue("azurite")
+    # A table and container of its own per test: Azurite is shared by the session.
+    name = "kvf" + uuid.uuid4().hex[:12]
+    store = AzureStore(
+        StateLocation(kind="connection-string", value=connection), table=name, container=name
+    )
+    return store
+
+
+def test_entries_round_trip_per_vault_and_empty_means_forgotten(store):
+    assert store.read_entry(VAULT) == LedgerEntry()
+    store.write_entry(VAULT, ENTRY)
+    assert store.read_entry(VAULT) == ENTRY
+    assert store.read_entry(OTHER) == LedgerEntry()
+    store.write_entry(VAULT, LedgerEntry())
+    assert store.read_entry(VAULT) == LedgerEntry()
+
+
+def test_snapshot_round_trip(store):
+    assert store.read_snapshot() is None
+    snapshot = builtin_snapshot()
+    store.write_snapshot(snapshot)
+    again = store.read_snapshot()
+    assert (again.version, again.regions) == (snapshot.version, snapshot.regions)
+
+
+def test_local_writes_are_atomic_files(tmp_path):
+    store = LocalStore(tmp_path)
+    store.write_entry(VAULT, ENTRY)
+    files = list((tmp_path / "ledger").iterdir())
+    assert len(files) == 1 and not files[0].name.startswith(".tmp")

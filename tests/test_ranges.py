@@ -1,0 +1,181 @@
+"""Service-tag parsing, the desired set, and the guard that keeps a broken source harmless."""
+
+from __future__ import annotations
+
+import copy
+import json
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import pytest
+
+from kvfirewall.ranges import (
+    RangeSourceError,
+    Snapshot,
+    choose_snapshot,
+    desired_rules,
+    parse_service_tags,
+)
+from kvfirewall.settings import Settings
+from kvfirewall.sources import builtin_snapshot
+
+FIXTURES = Path(__file__).parent / "fixtures"
+JULY = json.loads((FIXTURES / "ServiceTags_Public_20250728.AzureDevOps-only.json").read_text())
+OCTOBER = json.loads((FIXTURES / "ServiceTags_Public_20251028.AzureDevOps-only.json").read_text())
+SUB = "00000000-0000-0000-0000-000000000001"
+
+
+def ado_ipv4(document: dict) -> set[IPv4Network]:
+    """The global AzureDevOps tag's IPv4 prefixes, read independently of the parser."""
+    entry = next(v for v in document["values"] if v["name"] == "AzureDevOps")
+    return {IPv4Network(p) for p in entry["properties"]["addressPrefixes"] if ":" not in p}
+
+
+def settings(**env: str) -> Settings:
+    return Settings.from_env({"KVF_SUBSCRIPTIONS": SUB, **env})
+
+
+def test_real_file_parses_to_the_union_of_regional_ipv4_prefixes_without_ipv6():
+    snap = parse_service_tags(OCTOBER, source="file")
+    assert snap.version == "8"
+    assert snap.prefixes == ado_ipv4(OCTOBER)
+    assert len(snap.regions) == 24
+    assert all(p.version == 4 for p in snap.prefixes)
+    assert snap.regions["westeurope"] == (IPv4Network("40.74.28.0/23"),)
+    assert not snap.warnings
+
+
+def test_builtin_snapshot_is_the_real_october_file():
+    assert builtin_snapshot().prefixes == ado_ipv4(OCTOBER)
+    assert builtin_snapshot().version == "8"
+
+
+def test_api_shape_with_string_change_numbers_parses_the_same():
+    api = copy.deepcopy(OCTOBER)
+    api.update(name="public", type="Microsoft.Network/serviceTags", changeNumber="375")
+    for value in api["values"]:
+        props = value["properties"]
+        props["changeNumber"] = str(props["changeNumber"])
+        for extra in ("regionId", "platform", "networkFeatures"):
+            props.pop(extra)
+    snap = parse_service_tags(api, source="api")
+    assert (snap.version, snap.regions) == ("8", parse_service_tags(OCTOBER, source="f").regions)
+
+
+def test_geographies_resolve_to_their_regions_plus_explicit_regions_and_extras():
+    snap = builtin_snapshot()
+    want = desired_rules(
+        settings(
+            KVF_ADO_GEOGRAPHIES="Europe",
+            KVF_ADO_REGIONS="swedencentral",
+            KVF_EXTRA_IP_RULES="52.9.9.9",
+        ),
+        snap,
+    )
+    assert set(want.ip_rules) == {
+        IPv4Network("40.74.28.0/23"),  # West Europe
+        IPv4Network("20.166.41.0/24"),  # North Europe
+        IPv4Network("20.91.148.128/25"),  # Sweden Central
+        IPv4Network("52.9.9.9/32"),
+    }
+    assert want.ip_rules[IPv4Network("40.74.28.0/23")] == "AzureDevOps westeurope (Europe)"
+
+
+def test_united_states_means_all_nine_us_regions():
+    want = desired_rules(settings(KVF_ADO_GEOGRAPHIES="United States"), builtin_snapshot())
+    assert len(want.ip_rules) == 9
+    assert IPv4Network("20.125.155.0/24") in want.ip_rules  # West US 3
+
+
+def test_an_unknown_region_is_a_warning_not_silence():
+    want = desired_rules(settings(KVF_ADO_REGIONS="westeurpoe"), builtin_snapshot())
+    assert not want.ip_rules
+    assert "westeurpoe" in want.warnings[0]
+
+
+def test_documents_without_the_tag_are_source_errors():
+    with pytest.raises(RangeSourceError):
+        parse_service_tags({"values": []}, source="x")
+    with pytest.raises(RangeSourceError):
+        parse_service_tags(["not", "a", "document"], source="x")
+
+
+def test_private_and_host_bit_prefixes_are_dropped_with_a_warning():
+    doc = copy.deepcopy(OCTOBER)
+    weu = next(v for v in doc["values"] if v["name"] == "AzureDevOps.WestEurope")
+    weu["properties"]["addressPrefixes"] += ["10.0.0.0/8", "40.74.30.7/23", 42]
+    snap = parse_service_tags(doc, source="x")
+    assert snap.regions["westeurope"] == (IPv4Network("40.74.28.0/23"),)
+    assert len(snap.warnings) == 3
+
+
+# ---- the guard -----------------------------------------------------------------------------
+
+
+def guard(fresh, last_good, error=None, max_loss=20.0):
+    return choose_snapshot(
+        fresh,
+        error=error,
+        last_good=last_good,
+        builtin=builtin_snapshot(),
+        max_loss_percent=max_loss,
+    )
+
+
+def test_real_history_july_to_october_is_accepted_as_a_new_version():
+    july = parse_service_tags(JULY, source="file")
+    october = parse_service_tags(OCTOBER, source="file")
+    decision = guard(october, july)
+    assert (decision.status, decision.save) == ("fresh", True)
+    assert decision.snapshot.version == "8" and july.version == "7"
+    assert decision.removed == ()
+    again = guard(october, october)
+    assert (again.status, again.save) == ("unchanged", False)
+
+
+def test_a_failed_fetch_keeps_the_last_good_snapshot():
+    last = parse_service_tags(JULY, source="file")
+    decision = guard(None, last, error="timeout")
+    assert decision.snapshot is last
+    assert decision.status == "kept-last-good"
+    assert "timeout" in decision.warnings[-1]
+
+
+def test_a_failed_first_fetch_falls_back_to_the_builtin_snapshot():
+    decision = guard(None, None, error="HTTP 403")
+    assert decision.status == "builtin-fallback"
+    assert decision.snapshot.prefixes == builtin_snapshot().prefixes
+
+
+def _without(document: dict, count: int) -> Snapshot:
+    doc = copy.deepcopy(document)
+    regional = [v for v in doc["values"] if v["name"].startswith("AzureDevOps.")]
+    for value in regional[:count]:
+        doc["values"].remove(value)
+    return parse_service_tags(doc, source="file")
+
+
+def test_a_source_that_lost_many_prefixes_is_refused():
+    last = parse_service_tags(OCTOBER, source="file")
+    decision = guard(_without(OCTOBER, 10), last)
+    assert decision.snapshot is last
+    assert "drops 10 of 24" in decision.warnings[-1]
+
+
+def test_a_small_real_removal_is_accepted_and_reported():
+    last = parse_service_tags(OCTOBER, source="file")
+    shrunk = _without(OCTOBER, 1)
+    decision = guard(shrunk, last)
+    assert decision.snapshot is shrunk
+    assert len(decision.removed) == 1
+
+
+def test_an_empty_or_ipv6_only_tag_is_refused():
+    doc = copy.deepcopy(OCTOBER)
+    for value in doc["values"]:
+        value["properties"]["addressPrefixes"] = [
+            p for p in value["properties"]["addressPrefixes"] if ":" in p
+        ]
+    decision = guard(parse_service_tags(doc, source="file"), None)
+    assert decision.status == "builtin-fallback"
+    assert "no IPv4 prefixes" in decision.warnings[-1]

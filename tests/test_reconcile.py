@@ -1,0 +1,263 @@
+"""End to end through the real SDK and DefaultAzureCredential against the ARM emulator."""
+
+from __future__ import annotations
+
+import copy
+import json
+from ipaddress import IPv4Network, ip_network
+from pathlib import Path
+
+import pytest
+
+from kvfirewall.ledger import open_store
+from kvfirewall.reconcile import reconcile
+from kvfirewall.rules import parse_vault_id
+from kvfirewall.settings import Settings
+from kvfirewall.vaults import Arm
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OCTOBER = json.loads((FIXTURES / "ServiceTags_Public_20251028.AzureDevOps-only.json").read_text())
+SUB_A = "11111111-1111-1111-1111-111111111111"
+SUB_B = "22222222-2222-2222-2222-222222222222"
+SUB_OTHER = "33333333-3333-3333-3333-333333333333"
+AGENTS = (
+    f"/subscriptions/{SUB_A}/resourceGroups/Network-RG/providers/Microsoft.Network"
+    "/virtualNetworks/agents-vnet/subnets/Agents"
+)
+FOREIGN_SUBNET = (
+    f"/subscriptions/{SUB_B}/resourceGroups/app/providers/Microsoft.Network"
+    "/virtualNetworks/app-vnet/subnets/web"
+)
+WEU = IPv4Network("40.74.28.0/23")
+TAG = {"kvfirewall": "managed"}
+
+
+def ado(document: dict, *regions: str) -> set[IPv4Network]:
+    """The regional IPv4 prefixes, read straight from the service-tag document."""
+    found = set()
+    for value in document["values"]:
+        if value["properties"]["region"] in regions:
+            found |= {
+                IPv4Network(p) for p in value["properties"]["addressPrefixes"] if ":" not in p
+            }
+    return found
+
+
+@pytest.fixture
+def estate(emulator):
+    """A mixed estate: every kind of vault the product meets."""
+    emulator.set_service_tags(OCTOBER)
+    emulator.add_subnet(AGENTS)
+    emulator.add_subnet(FOREIGN_SUBNET)
+    ids = {
+        "bare": emulator.add_vault(SUB_A, "apps", "kv-bare", tags=TAG),
+        "locked": emulator.add_vault(
+            SUB_A,
+            "apps",
+            "kv-locked",
+            tags=TAG,
+            network_acls={
+                "defaultAction": "Deny",
+                "bypass": "None",
+                "ipRules": [{"value": "8.8.4.4"}, {"value": str(WEU)}],
+                "virtualNetworkRules": [{"id": FOREIGN_SUBNET}],
+            },
+        ),
+        "open": emulator.add_vault(
+            SUB_B,
+            "team",
+            "kv-open",
+            tags=TAG,
+            network_acls={
+                "defaultAction": "Allow",
+                "bypass": "AzureServices",
+                "ipRules": [{"value": "51.5.5.0/24"}],
+            },
+        ),
+        "private": emulator.add_vault(
+            SUB_B, "team", "kv-private", tags=TAG, public_network_access="Disabled"
+        ),
+        "untagged": emulator.add_vault(SUB_A, "apps", "kv-untagged"),
+        "unlisted": emulator.add_vault(SUB_OTHER, "x", "kv-elsewhere", tags=TAG),
+    }
+    return ids
+
+
+@pytest.fixture
+def run(emulator, tmp_path, monkeypatch):
+    """Run a reconcile with the product's own wiring (settings from the environment)."""
+    monkeypatch.setenv("KVF_SUBSCRIPTIONS", f"{SUB_A},{SUB_B}")
+    monkeypatch.setenv("KVF_ADO_GEOGRAPHIES", "Europe")
+    monkeypatch.setenv("KVF_ADO_REGIONS", "swedencentral")
+    monkeypatch.setenv("KVF_AGENT_SUBNETS", AGENTS)
+    monkeypatch.setenv("KVF_EXTRA_IP_RULES", "52.10.20.30")
+    monkeypatch.setenv("KVF_VAULT_TAG", "kvfirewall=managed")
+    monkeypatch.setenv("KVF_STATE", str(tmp_path / "state"))
+
+    def _run(*, write: bool = True, vault: str | None = None):
+        settings = Settings.from_env()
+        arm = Arm(endpoint=settings.arm_endpoint, subscriptions=settings.subscriptions)
+        return reconcile(
+            settings,
+            store=open_store(settings.state),
+            arm=arm,
+            write=write,
+            mode="enforce" if write else "plan",
+            vault=parse_vault_id(vault) if vault else None,
+        )
+
+    return _run
+
+
+def acls(emulator, vault_id: str) -> dict:
+    return emulator.vault(vault_id)["properties"].get("networkAcls") or {}
+
+
+def nets(emulator, vault_id: str) -> set:
+    return {ip_network(r["value"]) for r in acls(emulator, vault_id).get("ipRules", [])}
+
+
+def subnets(emulator, vault_id: str) -> set:
+    return {r["id"].lower() for r in acls(emulator, vault_id).get("virtualNetworkRules", [])}
+
+
+def test_mixed_estate_converges_in_one_apply_and_the_second_writes_nothing(emulator, estate, run):
+    before = {k: emulator.vault(v) for k, v in estate.items()}
+    wanted = ado(OCTOBER, "westeurope", "northeurope", "swedencentral") | {
+        IPv4Network("52.10.20.30/32")
+    }
+
+    first = run()
+
+    outcomes = {v.id.rsplit("/", 1)[-1]: v.outcome for v in first.vaults}
+    assert outcomes == {
+        "kv-bare": "updated",
+        "kv-locked": "updated",
+        "kv-open": "updated",
+        "kv-private": "skipped",
+    }
+    for name in ("bare", "locked", "open"):
+        assert wanted <= nets(emulator, estate[name]), name
+        assert AGENTS.lower() in subnets(emulator, estate[name])
+    # Foreign rules, defaultAction and bypass untouched.
+    locked = acls(emulator, estate["locked"])
+    assert (locked["defaultAction"], locked["bypass"]) == ("Deny", "None")
+    assert {IPv4Network("8.8.4.4/32"), WEU} <= nets(emulator, estate["locked"])
+    assert FOREIGN_SUBNET.lower() in subnets(emulator, estate["locked"])
+    assert acls(emulator, estate["open"])["defaultAction"] == "Allow"
+    assert IPv4Network("51.5.5.0/24") in nets(emulator, estate["open"])
+    assert acls(emulator, estate["bare"])["defaultAction"] == "Allow"
+    # Out of scope and public-access-disabled vaults are exactly as they were.
+    for name in ("private", "untagged", "unlisted"):
+        assert emulator.vault(estate[name]) == before[name], name
+    # One complete PATCH per changed vault; never PUT, accessPolicies, IPv6 or another sub.
+    writes = [r for r in emulator.requests if r.method != "GET"]
+    assert [r.method for r in writes] == ["PATCH"] * 3
+    for request in writes:
+        assert set(request.body) == {"properties"}
+        assert set(request.body["properties"]) == {"networkAcls"}
+        sent = request.body["properties"]["networkAcls"]
+        assert set(sent) == {"defaultAction", "bypass", "ipRules", "virtualNetworkRules"}
+        assert all(":" not in r["value"] for r in sent["ipRules"])
+    assert not any(SUB_OTHER in r.path for r in emulator.requests)
+    # The rule equal to an ADO range that someone else added is reported as theirs.
+    locked_result = next(v for v in first.vaults if v.id.endswith("kv-locked"))
+    assert any(c.rule == str(WEU) and "someone else" in c.why for c in locked_result.kept)
+
+    emulator.clear_log()
+    second = run()
+
+    assert emulator.writes == 0
+    assert {v.outcome for v in second.vaults} == {"unchanged", "skipped"}
+    # One list page per subscription plus the Discovery API: no per-vault reads.
+    assert emulator.reads == 3
+    assert second.arm_calls["writes"] == 0
+
+
+def test_a_range_azure_removes_is_removed_only_where_kvfirewall_added_it(emulator, estate, run):
+    run()
+    shrunk = copy.deepcopy(OCTOBER)
+    shrunk["values"] = [v for v in shrunk["values"] if v["properties"]["region"] != "westeurope"]
+    emulator.set_service_tags(shrunk)
+
+    report = run()
+
+    assert report.source["removed"] == [str(WEU)]
+    assert WEU not in nets(emulator, estate["bare"])
+    assert WEU not in nets(emulator, estate["open"])
+    assert WEU in nets(emulator, estate["locked"])  # someone else's rule
+    assert IPv4Network("20.166.41.0/24") in nets(emulator, estate["bare"])
+
+
+def test_a_broken_source_never_removes_rules(emulator, estate, run):
+    run()
+    emulator.set_service_tags(
+        {
+            "changeNumber": 1,
+            "cloud": "Public",
+            "values": [
+                {
+                    "name": "AzureDevOps",
+                    "id": "AzureDevOps",
+                    "properties": {"changeNumber": 9, "region": "", "addressPrefixes": []},
+                }
+            ],
+        }
+    )
+    emulator.clear_log()
+
+    report = run()
+
+    assert report.source["status"] == "kept-last-good"
+    assert emulator.writes == 0
+    assert WEU in nets(emulator, estate["bare"])
+
+
+def test_plan_and_audit_never_write(emulator, estate, run):
+    report = run(write=False)
+    assert emulator.writes == 0
+    assert {v.outcome for v in report.vaults} == {"planned", "skipped"}
+    assert report.vaults and all(v.added for v in report.vaults if v.outcome == "planned")
+
+
+def test_one_vault_by_id_reads_it_fresh_and_fixes_only_it(emulator, estate, run):
+    report = run(vault=estate["bare"])
+    assert [v.outcome for v in report.vaults] == ["updated"]
+    assert emulator.writes == 1
+    assert not nets(emulator, estate["open"]) - {IPv4Network("51.5.5.0/24")}
+    assert [v.outcome for v in run(vault=estate["untagged"]).vaults] == ["skipped"]
+
+
+def test_a_vault_that_fails_does_not_stop_the_others(emulator, estate, run):
+    emulator.fail(
+        "PATCH", "kv-bare", 400, times=10, body={"error": {"code": "BadRequest", "message": "nope"}}
+    )
+    report = run()
+    by_name = {v.id.rsplit("/", 1)[-1]: v for v in report.vaults}
+    assert by_name["kv-bare"].outcome == "failed"
+    assert "BadRequest" in by_name["kv-bare"].error
+    assert by_name["kv-locked"].outcome == by_name["kv-open"].outcome == "updated"
+    assert report.failed
+
+
+def test_a_conflict_is_retried_until_the_write_lands(emulator, estate, run):
+    emulator.fail(
+        "PATCH",
+        "kv-bare",
+        409,
+        times=2,
+        body={"error": {"code": "Conflict", "message": "serialize the operations"}},
+    )
+    report = run(vault=estate["bare"])
+    assert [v.outcome for v in report.vaults] == ["updated"]
+    assert [r.status for r in emulator.requests if r.method == "PATCH"] == [409, 409, 200]
+
+
+def test_ledger_in_azure_storage_gives_the_same_convergence(
+    emulator, estate, run, azurite, monkeypatch
+):
+    monkeypatch.setenv("KVF_STATE", azurite)
+    assert {v.outcome for v in run().vaults} == {"updated", "skipped"}
+    emulator.clear_log()
+    assert {v.outcome for v in run().vaults} == {"unchanged", "skipped"}
+    assert emulator.writes == 0

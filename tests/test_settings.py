@@ -1,0 +1,110 @@
+"""Settings are validated up front, with one clear message naming the setting and the value."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network
+
+import pytest
+
+from kvfirewall.settings import SETTINGS, Settings, SettingsError
+
+SUB = "00000000-0000-0000-0000-00000000000A"
+SUBNET = f"/subscriptions/{SUB}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/v/subnets/s"
+
+
+def load(**values: str) -> Settings:
+    env = {"KVF_SUBSCRIPTIONS": SUB, "KVF_ADO_GEOGRAPHIES": "Europe"}
+    env.update(values)
+    return Settings.from_env({k: v for k, v in env.items() if v is not None})
+
+
+def test_defaults_and_parsing():
+    s = load(KVF_ADO_GEOGRAPHIES="europe, UNITED kingdom,", KVF_ADO_REGIONS="SwedenCentral")
+    assert s.subscriptions == (SUB.lower(),)
+    assert s.geographies == ("Europe", "United Kingdom")
+    assert s.all_regions == ("westeurope", "northeurope", "uksouth", "swedencentral")
+    assert (s.mode, s.ip_source, s.service_tag_location) == ("audit", "api", "westus")
+    assert s.arm_endpoint == "https://management.azure.com"
+    assert (s.state.kind, s.state.value) == ("local", "./.kvfirewall")
+    assert s.vault_tag is None
+
+
+def test_whitespace_duplicates_and_trailing_commas_are_tolerated():
+    s = load(
+        KVF_SUBSCRIPTIONS=f" {SUB}, {SUB.lower()},,",
+        KVF_EXTRA_IP_RULES="52.1.2.3, 52.1.2.3/32 ,",
+        KVF_AGENT_SUBNETS=f"{SUBNET},{SUBNET.upper().replace('/SUBSCRIPTIONS', '/subscriptions')}",
+    )
+    assert s.subscriptions == (SUB.lower(),)
+    assert s.extra_ip_rules == (IPv4Network("52.1.2.3/32"),)
+    assert len(s.agent_subnets) == 1
+
+
+def test_state_follows_functions_storage_unless_set():
+    azurite = "UseDevelopmentStorage=true"
+    assert load(AzureWebJobsStorage=azurite).state.kind == "connection-string"
+    assert load(AzureWebJobsStorage=azurite, KVF_STATE="/tmp/x").state.value == "/tmp/x"
+    assert load(AzureWebJobsStorage__accountName="kvfstate").state.kind == "identity"
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"KVF_SUBSCRIPTIONS": ""}, "KVF_SUBSCRIPTIONS is required"),
+        ({"KVF_SUBSCRIPTIONS": "my-sub"}, "KVF_SUBSCRIPTIONS: 'my-sub'"),
+        ({"KVF_ADO_GEOGRAPHIES": "Mars"}, "unknown geography 'Mars'; valid: Asia Pacific"),
+        ({"KVF_ADO_REGIONS": "west europe!"}, "KVF_ADO_REGIONS: 'west europe!'"),
+        (
+            {"KVF_EXTRA_IP_RULES": "10.1.0.0/16"},
+            "KVF_EXTRA_IP_RULES: '10.1.0.0/16' is not a public",
+        ),
+        ({"KVF_EXTRA_IP_RULES": "192.168.1.1"}, "'192.168.1.1' is not a public"),
+        ({"KVF_EXTRA_IP_RULES": "2603:1020::/48"}, "'2603:1020::/48' is IPv6"),
+        ({"KVF_EXTRA_IP_RULES": "52.1.2.3/24"}, "host bits set (did you mean 52.1.2.0/24?)"),
+        ({"KVF_EXTRA_IP_RULES": "52.1.2"}, "'52.1.2' is not an IPv4 address or CIDR"),
+        ({"KVF_AGENT_SUBNETS": "/subscriptions/x/subnets/y"}, "KVF_AGENT_SUBNETS: '/subscr"),
+        ({"KVF_MODE": "yolo"}, "KVF_MODE: 'yolo' is not one of audit, enforce"),
+        ({"KVF_IP_SOURCE": "http://example.com/tags.json"}, "KVF_IP_SOURCE: 'http://exa"),
+        ({"KVF_IP_SOURCE": "/no/such/file.json"}, "'/no/such/file.json' is not api, builtin"),
+        ({"KVF_ARM_ENDPOINT": "http://management.azure.com"}, "KVF_ARM_ENDPOINT: 'http://"),
+        ({"KVF_VAULT_TAG": "managed"}, "KVF_VAULT_TAG: 'managed' is not name=value"),
+        ({"KVF_SERVICE_TAG_LOCATION": "us/../x"}, "KVF_SERVICE_TAG_LOCATION: 'us/../x'"),
+        ({"KVF_MAX_RANGE_LOSS_PERCENT": "150"}, "KVF_MAX_RANGE_LOSS_PERCENT: '150'"),
+        ({"KVF_ADO_GEOGRAPHIES": ""}, "nothing to allow"),
+    ],
+)
+def test_bad_values_are_named_in_one_message(values, expected):
+    with pytest.raises(SettingsError) as caught:
+        load(**values)
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_bad_connection_string_is_reported_without_its_secret():
+    secret = "AccountName=acct;AccountKeyy=c2VjcmV0LXNlY3JldA=="
+    with pytest.raises(SettingsError) as caught:
+        load(KVF_STATE=secret)
+    assert "KVF_STATE" in str(caught.value)
+    assert "c2VjcmV0" not in str(caught.value)
+
+
+def test_every_documented_setting_is_read(monkeypatch):
+    """The SETTINGS table is the interface: each name must change the parsed result."""
+    base = load()
+    changed = {
+        "KVF_ADO_REGIONS": "swedencentral",
+        "KVF_IP_SOURCE": "builtin",
+        "KVF_SERVICE_TAG_LOCATION": "westeurope",
+        "KVF_AGENT_SUBNETS": SUBNET,
+        "KVF_EXTRA_IP_RULES": "52.1.2.3",
+        "KVF_VAULT_TAG": "kvfirewall=managed",
+        "KVF_MODE": "enforce",
+        "KVF_ARM_ENDPOINT": "https://management.usgovcloudapi.net",
+        "KVF_STATE": "/var/kvf",
+        "KVF_MAX_RANGE_LOSS_PERCENT": "5",
+        "KVF_ADO_GEOGRAPHIES": "India",
+        "KVF_SUBSCRIPTIONS": "00000000-0000-0000-0000-00000000000b",
+    }
+    assert set(changed) == set(SETTINGS)
+    for name, value in changed.items():
+        assert load(**{name: value}) != base, name
