@@ -14,7 +14,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
 from kvfirewall.plan import VaultState
@@ -79,6 +84,7 @@ class Arm:
         credential=None,
         write_retry_seconds: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if credential is None:
             from azure.identity import DefaultAzureCredential
@@ -90,6 +96,7 @@ class Arm:
         self._credential = credential
         self._write_retry_seconds = write_retry_seconds
         self._sleep = sleep
+        self._clock = clock
         self._lock = threading.Lock()
         self._clients: dict = {}
 
@@ -124,21 +131,32 @@ class Arm:
         return to_state(vault)
 
     def update_network_acls(self, ref: VaultRef, network_acls: dict) -> VaultState:
-        """PATCH the complete networkAcls, and nothing else (never accessPolicies)."""
+        """PATCH the complete networkAcls, and nothing else (never accessPolicies).
+
+        The body is the whole desired state, so sending it again is safe; this loop is the
+        only retry for writes (azure-core's is switched off for them) so that the time spent
+        on one vault stays within `write_retry_seconds`.
+        """
         client = self._client(ref.subscription)
         body = {"properties": {"networkAcls": network_acls}}
-        deadline = time.monotonic() + self._write_retry_seconds
+        deadline = self._clock() + self._write_retry_seconds
         attempt = 0
         while True:
             try:
-                return to_state(client.vaults.update(ref.resource_group, ref.name, body))
+                vault = client.vaults.update(ref.resource_group, ref.name, body, retry_total=0)
+                return to_state(vault)
             except HttpResponseError as exc:
-                status = exc.status_code or 0
-                wait = _retry_after(exc) or min(10.0, 0.5 * 2**attempt) * random.uniform(0.5, 1)
-                if status not in RETRYABLE_WRITE_STATUS or time.monotonic() + wait > deadline:
+                if (exc.status_code or 0) not in RETRYABLE_WRITE_STATUS:
                     raise WriteFailed(_describe(exc)) from None
-                attempt += 1
-                self._sleep(wait)
+                error, wait = exc, _retry_after(exc)
+            except (ServiceRequestError, ServiceResponseError) as exc:
+                error, wait = exc, None
+            if wait is None:
+                wait = min(10.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
+            if self._clock() + wait > deadline:
+                raise WriteFailed(f"gave up after {attempt + 1} attempts: {_describe(error)}")
+            attempt += 1
+            self._sleep(wait)
 
     def service_tags(self, location: str) -> dict:
         """The Service Tag Discovery API document, through the first managed subscription."""
@@ -163,8 +181,11 @@ def _retry_after(exc: HttpResponseError) -> float | None:
         return None
 
 
-def _describe(exc: HttpResponseError) -> str:
+def _describe(exc: Exception) -> str:
     """The ARM error code and message, without request ids or headers."""
+    if not isinstance(exc, HttpResponseError):
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return f"{type(exc).__name__}: {first}"[:500]
     error = getattr(exc, "error", None)
     code = getattr(error, "code", None) or exc.reason or "Error"
     message = getattr(error, "message", None) or str(exc).splitlines()[0]
