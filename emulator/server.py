@@ -215,7 +215,6 @@ class Emulator:
         self.identity_header = secrets.token_urlsafe(24)
         self._lock = threading.RLock()
         self._tokens: dict[str, _Token] = {}
-        self._token_requests = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._port: int | None = None
@@ -312,6 +311,7 @@ class Emulator:
             self._events: list[dict[str, Any]] = []
             self._reads = 0
             self._writes = 0
+            self._token_requests = 0
 
     # ------------------------------------------------------------------ seeding
 
