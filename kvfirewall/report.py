@@ -65,8 +65,9 @@ class Report:
     def summary(self) -> str:
         """One line for logs and the end of a table."""
         counts = ", ".join(f"{n} {o}" for o, n in self.counts.items() if n)
+        scope = f", {self.out_of_scope} out of scope" if self.out_of_scope else ""
         return (
-            f"kvfirewall {self.mode}: {len(self.vaults)} vaults ({counts or 'none'}); "
+            f"kvfirewall {self.mode}: {len(self.vaults)} vaults ({counts or 'none'}){scope}; "
             f"ranges {self.source.get('version')} ({self.source.get('status')}); "
             f"ARM {self.arm_calls.get('reads', 0)} reads, {self.arm_calls.get('writes', 0)} writes"
         )

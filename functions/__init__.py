@@ -1,0 +1,1 @@
+"""The Function App's triggers: thin translations between Functions bindings and `kvfirewall`."""
