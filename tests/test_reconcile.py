@@ -261,3 +261,44 @@ def test_ledger_in_azure_storage_gives_the_same_convergence(
     emulator.clear_log()
     assert {v.outcome for v in run().vaults} == {"unchanged", "skipped"}
     assert emulator.writes == 0
+
+
+def test_a_rule_added_after_the_listing_survives_because_writes_reread(emulator, estate, run,
+                                                                      monkeypatch):
+    """Someone edits a vault between our list and our write: their rule must not be lost."""
+    original = Arm.list_vaults
+
+    def list_then_someone_edits(self, subscription):
+        listed = list(original(self, subscription))
+        if subscription == SUB_A:
+            current = acls(emulator, estate["locked"])
+            current["ipRules"].append({"value": "203.0.113.77"})
+            emulator.add_vault(SUB_A, "apps", "kv-locked", tags=TAG, network_acls=current)
+        yield from listed
+
+    monkeypatch.setattr(Arm, "list_vaults", list_then_someone_edits)
+    run()
+    assert IPv4Network("203.0.113.77/32") in nets(emulator, estate["locked"])
+    assert WEU in nets(emulator, estate["locked"])
+
+
+def test_a_crash_between_the_write_and_the_ledger_update_strands_no_rule(emulator, estate, run,
+                                                                        monkeypatch):
+    original = Arm.update_network_acls
+
+    def write_then_crash(self, ref, network_acls):
+        original(self, ref, network_acls)
+        raise RuntimeError("process died before the ledger update")
+
+    monkeypatch.setattr(Arm, "update_network_acls", write_then_crash)
+    crashed = run(vault=estate["bare"])
+    assert crashed.vaults[0].outcome == "failed"
+    assert WEU in nets(emulator, estate["bare"])  # the write landed
+    monkeypatch.setattr(Arm, "update_network_acls", original)
+
+    # Azure drops West Europe: the next run must know the rule is its own and remove it.
+    shrunk = copy.deepcopy(OCTOBER)
+    shrunk["values"] = [v for v in shrunk["values"] if v["properties"]["region"] != "westeurope"]
+    emulator.set_service_tags(shrunk)
+    assert [v.outcome for v in run(vault=estate["bare"]).vaults] == ["updated"]
+    assert WEU not in nets(emulator, estate["bare"])
