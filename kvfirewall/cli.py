@@ -58,18 +58,26 @@ def main(argv: list[str] | None = None) -> int:
 
     store = open_store(settings.state)
     arm = Arm(endpoint=settings.arm_endpoint, subscriptions=settings.subscriptions)
-    if args.command == "ranges":
-        return _ranges(settings, store, arm, as_json=args.json)
-    write = args.command == "apply"
-    report = reconcile(
-        settings,
-        store=store,
-        arm=arm,
-        write=write,
-        mode="enforce" if write else "plan",
-        vault=vault,
-        progress=_Progress(sys.stderr) if vault is None else None,
-    )
+    progress = _Progress(sys.stderr)
+    try:
+        if args.command == "ranges":
+            return _ranges(settings, store, arm, as_json=args.json)
+        write = args.command == "apply"
+        report = reconcile(
+            settings,
+            store=store,
+            arm=arm,
+            write=write,
+            mode="enforce" if write else "plan",
+            vault=vault,
+            progress=progress,
+        )
+    except Exception as exc:  # e.g. the state store is unreachable: say so, no traceback
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"kvfirewall: error: {type(exc).__name__}: {first}"[:600], file=sys.stderr)
+        return 1
+    finally:
+        progress.close()
     print(json.dumps(report.to_json(), indent=2) if args.json else report.to_table())
     return 1 if report.failed else 0
 
@@ -117,6 +125,7 @@ class _Progress:
         self.tty = stream.isatty()
         self.every = every_seconds
         self.last = time.monotonic()
+        self.shown = False
 
     def __call__(self, done: int, result: VaultResult) -> None:
         now = time.monotonic()
@@ -126,3 +135,10 @@ class _Progress:
         elif now - self.last >= self.every:
             self.stream.write(f"{done} vaults reconciled\n")
             self.last = now
+        self.shown = True
+
+    def close(self) -> None:
+        """End the live counter's line so that the report starts on a line of its own."""
+        if self.tty and self.shown:
+            self.stream.write("\n")
+            self.stream.flush()

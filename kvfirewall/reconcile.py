@@ -41,6 +41,9 @@ def resolve_ranges(settings: Settings, store: StateStore, arm: Arm | None) -> Ra
     """Fetch the configured source, apply the guard, store a new last good snapshot."""
     builtin = builtin_snapshot()
     last_good = store.read_snapshot()
+    if not settings.all_regions:
+        # Only subnets / extra rules configured: no reason to call (or need rights on) a source.
+        return RangeDecision(snapshot=last_good or builtin, status="not-needed", save=False)
     try:
         fresh = fetch_snapshot(settings.ip_source, location=settings.service_tag_location, api=arm)
         error = None

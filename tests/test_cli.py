@@ -106,3 +106,12 @@ def test_ranges_shows_rules_and_source_version(env):
     data = json.loads(result.stdout)
     assert data["version"] == "8"
     assert [r["rule"] for r in data["ipRules"]] == ["51.104.26.0/24"]
+
+
+def test_an_unreachable_state_store_is_one_error_line(env):
+    broken = "DefaultEndpointsProtocol=http;AccountName=x;AccountKey=eA==;BlobEndpoint=http://127.0.0.1:9/x;TableEndpoint=http://127.0.0.1:9/x;"
+    result = cli("plan", env={**env, "KVF_STATE": broken})
+    assert result.returncode == 1
+    assert result.stderr.startswith("kvfirewall: error: ")
+    assert "Traceback" not in result.stderr
+    assert "eA==" not in result.stderr

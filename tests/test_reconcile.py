@@ -263,8 +263,9 @@ def test_ledger_in_azure_storage_gives_the_same_convergence(
     assert emulator.writes == 0
 
 
-def test_a_rule_added_after_the_listing_survives_because_writes_reread(emulator, estate, run,
-                                                                      monkeypatch):
+def test_a_rule_added_after_the_listing_survives_because_writes_reread(
+    emulator, estate, run, monkeypatch
+):
     """Someone edits a vault between our list and our write: their rule must not be lost."""
     original = Arm.list_vaults
 
@@ -282,8 +283,9 @@ def test_a_rule_added_after_the_listing_survives_because_writes_reread(emulator,
     assert WEU in nets(emulator, estate["locked"])
 
 
-def test_a_crash_between_the_write_and_the_ledger_update_strands_no_rule(emulator, estate, run,
-                                                                        monkeypatch):
+def test_a_crash_between_the_write_and_the_ledger_update_strands_no_rule(
+    emulator, estate, run, monkeypatch
+):
     original = Arm.update_network_acls
 
     def write_then_crash(self, ref, network_acls):
@@ -302,3 +304,14 @@ def test_a_crash_between_the_write_and_the_ledger_update_strands_no_rule(emulato
     emulator.set_service_tags(shrunk)
     assert [v.outcome for v in run(vault=estate["bare"]).vaults] == ["updated"]
     assert WEU not in nets(emulator, estate["bare"])
+
+
+def test_subnets_only_never_calls_the_ip_source(emulator, estate, run, monkeypatch):
+    monkeypatch.setenv("KVF_ADO_GEOGRAPHIES", "")
+    monkeypatch.setenv("KVF_ADO_REGIONS", "")
+    monkeypatch.setenv("KVF_EXTRA_IP_RULES", "")
+    report = run(vault=estate["bare"])
+    assert report.source["status"] == "not-needed"
+    assert not any("serviceTags" in r.path for r in emulator.requests)
+    assert subnets(emulator, estate["bare"]) == {AGENTS.lower()}
+    assert nets(emulator, estate["bare"]) == set()
