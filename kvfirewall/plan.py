@@ -10,7 +10,8 @@ Pure (no I/O), so every safety rule lives in one place that property tests can h
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from kvfirewall.ledger import LedgerEntry
@@ -131,8 +132,20 @@ def plan_vault(vault: VaultState, entry: LedgerEntry, desired: Desired) -> Plan:
     )
 
 
-def _merge(current, *, key, canonical, owned, desired, changes):
-    """Merge one rule list. Returns (key -> value to send, set of keys present before)."""
+def _merge(
+    current: list[str],
+    *,
+    key: Callable[[str], Hashable | None],
+    canonical: Callable[[str, Hashable | None], str],
+    owned: AbstractSet[Hashable],
+    desired: Mapping[Hashable, tuple[str, str]],
+    changes: tuple[list[Change], list[Change], list[Change]],
+) -> tuple[dict[Hashable, str], set[Hashable]]:
+    """Merge one rule list (IP rules or subnets), appending to (added, removed, kept).
+
+    Returns the rules to send (comparison key -> value) and the keys present before; a value
+    `key` cannot parse is its own key, so it is kept verbatim as someone else's.
+    """
     added, removed, kept = changes
     result: dict = {}
     present: set = set()

@@ -84,7 +84,8 @@ class Report:
         }
 
     def to_table(self) -> str:
-        """A fixed-width table, one row per vault, then the warnings and the summary."""
+        """A fixed-width table, one row per vault, then each rule added (+), removed (-) or
+        kept as someone else's (=) with its reason, the warnings, and the summary."""
         rows = [("VAULT", "OUTCOME", "+", "-", "KEPT", "REASON")]
         for v in sorted(self.vaults, key=lambda r: r.id.lower()):
             reason = v.error or v.reason
@@ -104,10 +105,8 @@ class Report:
             for r in rows
         ]
         for v in sorted(self.vaults, key=lambda r: r.id.lower()):
-            for c in v.added:
-                lines.append(f"  + {_short_id(v.id)}: {c.rule}  ({c.why})")
-            for c in v.removed:
-                lines.append(f"  - {_short_id(v.id)}: {c.rule}  ({c.why})")
+            for mark, changes in (("+", v.added), ("-", v.removed), ("=", v.kept)):
+                lines.extend(f"  {mark} {_short_id(v.id)}: {c.rule}  ({c.why})" for c in changes)
         lines.extend(f"warning: {w}" for w in self.warnings)
         lines.append(self.summary())
         return "\n".join(lines)

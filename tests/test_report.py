@@ -1,0 +1,65 @@
+"""The report reads the same for people (table) and machines (JSON)."""
+
+from __future__ import annotations
+
+import json
+
+from kvfirewall.plan import Change
+from kvfirewall.report import Report, VaultResult
+
+VAULT = "/subscriptions/11111111-1111-1111-1111-111111111111/resourceGroups/rg-app/providers/Microsoft.KeyVault/vaults/kv-app"
+
+
+def sample() -> Report:
+    return Report(
+        mode="enforce",
+        source={"version": "8", "status": "fresh"},
+        vaults=[
+            VaultResult(
+                id=VAULT,
+                outcome="updated",
+                reason="adds 1, removes 1",
+                added=(Change("40.74.28.0/23", "AzureDevOps westeurope (Europe)"),),
+                removed=(Change("20.91.148.128/25", "added by kvfirewall, no longer wanted"),),
+                kept=(Change("52.174.10.20/32", "not added by kvfirewall"),),
+            ),
+            VaultResult(
+                id=VAULT.replace("kv-app", "kv-x"),
+                outcome="failed",
+                reason="error",
+                error="HTTP 403 AuthorizationFailed: no",
+            ),
+        ],
+        out_of_scope=2,
+        arm_calls={"reads": 3, "writes": 1, "throttled": 0},
+    )
+
+
+def test_table_lists_each_rule_with_its_reason_and_ends_with_the_summary():
+    table = sample().to_table().splitlines()
+    assert table[0].split()[:5] == ["VAULT", "OUTCOME", "+", "-", "KEPT"]
+    assert "  + rg-app/kv-app: 40.74.28.0/23  (AzureDevOps westeurope (Europe))" in table
+    assert "  - rg-app/kv-app: 20.91.148.128/25  (added by kvfirewall, no longer wanted)" in table
+    assert "  = rg-app/kv-app: 52.174.10.20/32  (not added by kvfirewall)" in table
+    assert any("failed" in line and "HTTP 403 AuthorizationFailed" in line for line in table)
+    assert table[-1] == (
+        "kvfirewall enforce: 2 vaults (1 updated, 1 failed), 2 out of scope; "
+        "ranges 8 (fresh); ARM 3 reads, 1 writes"
+    )
+
+
+def test_json_has_counts_and_every_vault_in_full():
+    data = json.loads(json.dumps(sample().to_json()))
+    assert data["counts"] == {
+        "updated": 1,
+        "unchanged": 0,
+        "planned": 0,
+        "skipped": 0,
+        "failed": 1,
+        "outOfScope": 2,
+    }
+    assert data["vaults"][0]["kept"] == [
+        {"rule": "52.174.10.20/32", "why": "not added by kvfirewall"}
+    ]
+    assert data["vaults"][1]["error"].startswith("HTTP 403")
+    assert sample().failed
