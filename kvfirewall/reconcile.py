@@ -5,8 +5,10 @@ The order of a write is what makes it safe:
 2. GET the vault again right before writing and plan on that fresh state;
 3. record the rules about to be added as *pending* in the ledger;
 4. PATCH the complete networkAcls once;
-5. check the response holds what was planned, then confirm ownership in the ledger.
-A crash after 4 leaves pending rules that the next run recognises as its own.
+5. confirm as owned exactly the pending rules the response shows, and check it holds the plan.
+A crash after 4 leaves pending rules that the next run recognises as its own. A write that
+surely did not land (4xx, 409, 429) takes its pending rules back. A retry goes back to 2, never
+re-sending the old body: a 409 means someone else was writing that vault.
 """
 
 from __future__ import annotations
@@ -192,30 +194,45 @@ class _VaultWorker:
         plan = plan_vault(state, entry, self.desired)
         if plan.action != "write" or not self.write:
             return self._settle(plan, entry, ref)
-        if not fresh:
-            state = self.arm.get_vault(ref)
-            if state is None:
-                return VaultResult(id=ref.id, outcome="skipped", reason="vault deleted meanwhile")
-            if not in_scope(state, self.settings):
-                return VaultResult(id=state.id, outcome="skipped", reason="left scope meanwhile")
-            plan = plan_vault(state, entry, self.desired)
-            if plan.action != "write":
-                return self._settle(plan, entry, ref)
-        self.store.write_entry(
-            ref.key,
-            LedgerEntry(
+        backoff = self.arm.write_backoff()
+        while True:
+            if not fresh:  # read again right before every write attempt
+                state = self.arm.get_vault(ref)
+                if state is None:
+                    return VaultResult(
+                        id=ref.id, outcome="skipped", reason="vault deleted meanwhile"
+                    )
+                if not in_scope(state, self.settings):
+                    return VaultResult(
+                        id=state.id, outcome="skipped", reason="left scope meanwhile"
+                    )
+                plan = plan_vault(state, entry, self.desired)
+                if plan.action != "write":
+                    return self._settle(plan, entry, ref)
+            fresh = False
+            pending = LedgerEntry(
                 ip_rules=entry.ip_rules,
                 subnets=entry.subnets,
                 pending_ip_rules=entry.pending_ip_rules | plan.owned.ip_rules,
                 pending_subnets=entry.pending_subnets | plan.owned.subnets,
-            ),
-        )
-        after = self.arm.update_network_acls(ref, plan.network_acls)
-        missing = _missing(plan, after)
-        if missing:
-            return _result(plan, "failed", error=f"write not reflected by the service: {missing}")
-        self.store.write_entry(ref.key, plan.owned)
-        return _result(plan, "updated")
+            )
+            self.store.write_entry(ref.key, pending)
+            try:
+                after = self.arm.update_network_acls(ref, plan.network_acls)
+            except WriteFailed as exc:
+                if exc.maybe_applied:
+                    entry = pending  # the next read tells which of them landed
+                else:
+                    self.store.write_entry(ref.key, entry)  # surely not applied: claim nothing
+                if exc.retryable and backoff.wait(exc.retry_after):
+                    continue
+                tries = f" (gave up after {backoff.attempts} attempts)" if exc.retryable else ""
+                return _result(plan, "failed", error=f"{exc}{tries}")
+            self.store.write_entry(ref.key, _confirmed(pending, after))
+            missing = _missing(plan, after)
+            if missing:
+                return _result(plan, "failed", error=f"write not reflected: {missing}")
+            return _result(plan, "updated")
 
     def _settle(self, plan: Plan, entry: LedgerEntry, ref: VaultRef) -> VaultResult:
         """Outcome of a plan that is not written; keeps the ledger truthful if it moved."""
@@ -230,11 +247,30 @@ class _VaultWorker:
         return _result(plan, "unchanged")
 
 
-def _missing(plan: Plan, after: VaultState) -> list[str]:
-    """Planned rules absent from the vault the PATCH returned."""
-    acls = after.network_acls or {}
+def _present(state: VaultState) -> tuple[set, set[str]]:
+    """The networks and subnet keys a vault holds."""
+    acls = state.network_acls or {}
     nets = {current_ip_network(r.get("value", "")) for r in acls.get("ipRules") or ()}
     subnets = {subnet_key(r.get("id", "")) for r in acls.get("virtualNetworkRules") or ()}
+    return nets, subnets
+
+
+def _confirmed(pending: LedgerEntry, after: VaultState) -> LedgerEntry:
+    """Ownership after a write: every rule that was or was becoming ours and is now present.
+
+    On a complete write this is exactly the plan's ownership; on a partial one it claims
+    nothing that is not there and forgets nothing that still is.
+    """
+    nets, subnets = _present(after)
+    return LedgerEntry(
+        ip_rules=(pending.ip_rules | pending.pending_ip_rules) & nets,
+        subnets=(pending.subnets | pending.pending_subnets) & subnets,
+    )
+
+
+def _missing(plan: Plan, after: VaultState) -> list[str]:
+    """Planned rules absent from the vault the PATCH returned."""
+    nets, subnets = _present(after)
     sent = plan.network_acls or {}
     missing = [r["value"] for r in sent["ipRules"] if current_ip_network(r["value"]) not in nets]
     missing += [r["id"] for r in sent["virtualNetworkRules"] if subnet_key(r["id"]) not in subnets]
@@ -255,8 +291,6 @@ def _result(plan: Plan, outcome: str, *, error: str | None = None) -> VaultResul
 
 def _safe(exc: Exception) -> str:
     """An error message fit for a report: first line only, bounded, no tracebacks."""
-    if isinstance(exc, WriteFailed):
-        return str(exc)
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}"[:500]
 

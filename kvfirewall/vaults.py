@@ -1,9 +1,10 @@
 """The Azure Resource Manager adapter: list, read and PATCH vaults; read service tags.
 
-Thin on purpose: it turns SDK objects into `VaultState` and back, counts calls, and retries
-writes where azure-core does not. azure-core retries a PATCH only on 500/503/504 or when
-Retry-After is present; Key Vault answers overlapping writes with 409 ("serialize the
-operations") and ARM may throttle with 429, so writes get a bounded retry of their own.
+Thin on purpose: it turns SDK objects into `VaultState` and back and counts calls. Reads use
+azure-core's retry. Writes do not: azure-core would retry a PATCH only on 500/503/504 or with
+Retry-After, and would re-send the same body; Key Vault answers overlapping writes with 409
+("serialize the operations"), after which the vault must be read again. So a write is one
+attempt that says whether it may be retried, and `Backoff` paces the caller's retries.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ KNOWN_SCOPES = {
     "https://management.chinacloudapi.cn": "https://management.chinacloudapi.cn/.default",
 }
 SERVICE_TAGS_API_VERSION = "2024-05-01"
-RETRYABLE_WRITE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+# Answers after which a write was certainly not applied, and those after which it may have been.
+NOT_APPLIED_STATUS = frozenset({408, 409, 429})
+MAYBE_APPLIED_STATUS = frozenset({500, 502, 503, 504})
 USER_AGENT = "kvfirewall/0.1"
 
 
@@ -70,7 +73,48 @@ class _CountingPolicy(SansIOHTTPPolicy):
 
 
 class WriteFailed(Exception):
-    """A vault write failed for good (after retries); the message is safe to report."""
+    """A vault write that failed; the message is safe to report.
+
+    `retryable`: trying again (after a fresh read) may succeed. `maybe_applied`: the service
+    may have applied the write anyway (5xx, lost response), so pending ownership must stay.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        maybe_applied: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.maybe_applied = maybe_applied
+        self.retry_after = retry_after
+
+
+class Backoff:
+    """Waits between attempts: Retry-After when given, else jittered exponential backoff,
+    and never past the budget."""
+
+    def __init__(
+        self, budget_seconds: float, *, sleep: Callable[[float], None], clock: Callable[[], float]
+    ) -> None:
+        self._sleep = sleep
+        self._clock = clock
+        self._deadline = clock() + budget_seconds
+        self.attempts = 1
+
+    def wait(self, retry_after: float | None) -> bool:
+        """Sleep before the next attempt; False (and no sleep) if that would pass the budget."""
+        delay = retry_after
+        if delay is None:
+            delay = min(10.0, 0.5 * 2 ** (self.attempts - 1)) * random.uniform(0.5, 1.0)
+        if self._clock() + delay > self._deadline:
+            return False
+        self._sleep(delay)
+        self.attempts += 1
+        return True
 
 
 class Arm:
@@ -131,32 +175,36 @@ class Arm:
         return to_state(vault)
 
     def update_network_acls(self, ref: VaultRef, network_acls: dict) -> VaultState:
-        """PATCH the complete networkAcls, and nothing else (never accessPolicies).
+        """One PATCH of the complete networkAcls, and nothing else (never accessPolicies).
 
-        The body is the whole desired state, so sending it again is safe; this loop is the
-        only retry for writes (azure-core's is switched off for them) so that the time spent
-        on one vault stays within `write_retry_seconds`.
+        Deliberately a single attempt (azure-core's retry is off for it): a retry must not
+        re-send this body, because the vault may have changed meanwhile (a 409 means someone
+        else is writing it). The caller re-reads, re-plans and paces with `write_backoff()`.
         """
         client = self._client(ref.subscription)
         body = {"properties": {"networkAcls": network_acls}}
-        deadline = self._clock() + self._write_retry_seconds
-        attempt = 0
-        while True:
-            try:
-                vault = client.vaults.update(ref.resource_group, ref.name, body, retry_total=0)
-                return to_state(vault)
-            except HttpResponseError as exc:
-                if (exc.status_code or 0) not in RETRYABLE_WRITE_STATUS:
-                    raise WriteFailed(_describe(exc)) from None
-                error, wait = exc, _retry_after(exc)
-            except (ServiceRequestError, ServiceResponseError) as exc:
-                error, wait = exc, None
-            if wait is None:
-                wait = min(10.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
-            if self._clock() + wait > deadline:
-                raise WriteFailed(f"gave up after {attempt + 1} attempts: {_describe(error)}")
-            attempt += 1
-            self._sleep(wait)
+        try:
+            vault = client.vaults.update(ref.resource_group, ref.name, body, retry_total=0)
+        except HttpResponseError as exc:
+            status = exc.status_code or 0
+            raise WriteFailed(
+                _describe(exc),
+                retryable=status in NOT_APPLIED_STATUS | MAYBE_APPLIED_STATUS,
+                maybe_applied=status in MAYBE_APPLIED_STATUS,
+                retry_after=_retry_after(exc),
+            ) from None
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            # A request that never left is not applied; a lost response may have been.
+            raise WriteFailed(
+                _describe(exc),
+                retryable=True,
+                maybe_applied=isinstance(exc, ServiceResponseError),
+            ) from None
+        return to_state(vault)
+
+    def write_backoff(self) -> Backoff:
+        """Pacing for the attempts at one vault's write, within `write_retry_seconds`."""
+        return Backoff(self._write_retry_seconds, sleep=self._sleep, clock=self._clock)
 
     def service_tags(self, location: str) -> dict:
         """The Service Tag Discovery API document, through the first managed subscription."""

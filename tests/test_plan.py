@@ -113,11 +113,15 @@ def test_public_network_access_disabled_is_skipped_with_a_reason():
     assert plan.network_acls is None
 
 
-def test_plans_over_the_service_limits_are_refused():
+def test_plans_over_the_service_limits_are_refused_and_up_to_them_accepted():
     many = [IPv4Network(f"20.{i // 256}.{i % 256}.0/24") for i in range(1001)]
     assert plan_vault(vault(), LedgerEntry(), desired(*many)).action == "refuse"
+    assert plan_vault(vault(), LedgerEntry(), desired(*many[:1000])).action == "write"
+    foreign = plan_vault(vault(["8.8.8.8"]), LedgerEntry(), desired(*many[:1000]))
+    assert foreign.action == "refuse" and "1001 IPv4" in foreign.reason
     subnets = tuple(SUBNET_A.replace("Pool-A", f"s{i}") for i in range(201))
     assert plan_vault(vault(), LedgerEntry(), desired(subnets=subnets)).action == "refuse"
+    assert plan_vault(vault(), LedgerEntry(), desired(subnets=subnets[:200])).action == "write"
 
 
 def test_pending_additions_from_a_crashed_run_are_recognised_as_ours():
@@ -173,6 +177,11 @@ def entries(draw):
         ip_rules=frozenset(draw(nets)),
         subnets=frozenset(subnet_key(s) for s in draw(subnet_sets)),
         pending_ip_rules=frozenset(draw(nets)) if draw(st.booleans()) else frozenset(),
+        pending_subnets=(
+            frozenset(subnet_key(s) for s in draw(subnet_sets))
+            if draw(st.booleans())
+            else frozenset()
+        ),
     )
 
 

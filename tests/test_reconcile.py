@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
+import time
 from ipaddress import IPv4Network, ip_network
 from pathlib import Path
 
 import pytest
 
-from kvfirewall.ledger import open_store
+from kvfirewall.ledger import LedgerEntry, LocalStore, open_store
 from kvfirewall.reconcile import reconcile
 from kvfirewall.rules import parse_vault_id
 from kvfirewall.settings import Settings
@@ -315,3 +317,142 @@ def test_subnets_only_never_calls_the_ip_source(emulator, estate, run, monkeypat
     assert not any("serviceTags" in r.path for r in emulator.requests)
     assert subnets(emulator, estate["bare"]) == {AGENTS.lower()}
     assert nets(emulator, estate["bare"]) == set()
+
+
+def test_a_conflicting_write_in_progress_is_waited_out_and_its_rule_kept(
+    emulator, estate, run, monkeypatch
+):
+    """409 means someone else is writing: retry from a fresh read, never the stale body."""
+    from azure.identity import DefaultAzureCredential
+    from azure.mgmt.keyvault import KeyVaultManagementClient
+
+    other = KeyVaultManagementClient(
+        DefaultAzureCredential(),
+        SUB_A,
+        base_url=emulator.url,
+        credential_scopes=[emulator.url + "/.default"],
+    )
+    theirs = copy.deepcopy(acls(emulator, estate["locked"]))
+    theirs["ipRules"].append({"value": "198.51.100.9"})
+    original = Arm.get_vault
+    started: list[threading.Thread] = []
+
+    def get_then_someone_starts_writing(self, ref):
+        state = original(self, ref)
+        if ref.name == "kv-locked" and not started:
+            writer = threading.Thread(
+                target=other.vaults.update,
+                args=("apps", "kv-locked", {"properties": {"networkAcls": theirs}}),
+            )
+            writer.start()
+            started.append(writer)
+            time.sleep(0.3)  # their write is now in progress
+        return state
+
+    emulator.write_latency = 1.0
+    monkeypatch.setattr(Arm, "get_vault", get_then_someone_starts_writing)
+    report = run(vault=estate["locked"])
+    started[0].join()
+
+    assert [v.outcome for v in report.vaults] == ["updated"]
+    assert 409 in [r.status for r in emulator.requests if r.method == "PATCH"]
+    assert IPv4Network("198.51.100.9/32") in nets(emulator, estate["locked"])
+    assert IPv4Network("20.166.41.0/24") in nets(emulator, estate["locked"])
+
+
+def test_a_rejected_write_claims_nothing(emulator, estate, run, tmp_path):
+    emulator.fail(
+        "PATCH",
+        "kv-bare",
+        403,
+        times=1,
+        body={"error": {"code": "AuthorizationFailed", "message": "no"}},
+    )
+    assert [v.outcome for v in run(vault=estate["bare"]).vaults] == ["failed"]
+    ledger = LocalStore(tmp_path / "state").read_entry(estate["bare"].lower())
+    assert ledger == LedgerEntry()
+    # The team then adds the ranges themselves: they stay theirs when Azure drops one.
+    emulator.add_vault(
+        SUB_A,
+        "apps",
+        "kv-bare",
+        tags=TAG,
+        network_acls={
+            "defaultAction": "Deny",
+            "bypass": "AzureServices",
+            "ipRules": [{"value": str(WEU)}],
+            "virtualNetworkRules": [],
+        },
+    )
+    run(vault=estate["bare"])
+    shrunk = copy.deepcopy(OCTOBER)
+    shrunk["values"] = [v for v in shrunk["values"] if v["properties"]["region"] != "westeurope"]
+    emulator.set_service_tags(shrunk)
+    run(vault=estate["bare"])
+    assert WEU in nets(emulator, estate["bare"])
+
+
+def test_a_write_the_service_did_not_reflect_fails_and_claims_only_what_is_there(
+    emulator, estate, run, tmp_path
+):
+    unchanged = emulator.vault(estate["bare"])
+    emulator.fail("PATCH", "kv-bare", 200, times=1, body=unchanged)
+    report = run(vault=estate["bare"])
+    assert report.vaults[0].outcome == "failed"
+    assert "write not reflected" in report.vaults[0].error
+    assert LocalStore(tmp_path / "state").read_entry(estate["bare"].lower()) == LedgerEntry()
+
+
+def test_after_a_crash_the_next_run_confirms_ownership_without_writing(
+    emulator, estate, run, monkeypatch, tmp_path
+):
+    original = Arm.update_network_acls
+
+    def write_then_crash(self, ref, network_acls):
+        original(self, ref, network_acls)
+        raise RuntimeError("process died before the ledger update")
+
+    monkeypatch.setattr(Arm, "update_network_acls", write_then_crash)
+    run(vault=estate["bare"])
+    monkeypatch.setattr(Arm, "update_network_acls", original)
+    emulator.clear_log()
+
+    assert [v.outcome for v in run(vault=estate["bare"]).vaults] == ["unchanged"]
+    assert emulator.writes == 0
+    entry = LocalStore(tmp_path / "state").read_entry(estate["bare"].lower())
+    assert WEU in entry.ip_rules and not entry.pending_ip_rules
+
+
+def test_only_the_configured_tag_value_is_in_scope(emulator, estate, run):
+    other = emulator.add_vault(SUB_A, "apps", "kv-other-team", tags={"KVFirewall": "manual"})
+    run()
+    assert "networkAcls" not in emulator.vault(other)["properties"]
+
+
+def test_a_vault_untagged_between_list_and_write_is_left_alone(emulator, estate, run, monkeypatch):
+    original = Arm.list_vaults
+
+    def list_then_untag(self, subscription):
+        listed = list(original(self, subscription))
+        if subscription == SUB_A:
+            emulator.add_vault(SUB_A, "apps", "kv-bare", tags={})
+        yield from listed
+
+    monkeypatch.setattr(Arm, "list_vaults", list_then_untag)
+    report = run()
+    bare = next(v for v in report.vaults if v.id.endswith("kv-bare"))
+    assert (bare.outcome, bare.reason) == ("skipped", "left scope meanwhile")
+    assert "networkAcls" not in emulator.vault(estate["bare"])["properties"]
+
+
+def test_loss_guard_and_discovery_location_come_from_the_settings(
+    emulator, estate, run, monkeypatch
+):
+    monkeypatch.setenv("KVF_SERVICE_TAG_LOCATION", "westeurope")
+    monkeypatch.setenv("KVF_MAX_RANGE_LOSS_PERCENT", "0")
+    run()
+    assert any("/locations/westeurope/serviceTags" in r.path for r in emulator.requests)
+    shrunk = copy.deepcopy(OCTOBER)
+    shrunk["values"] = [v for v in shrunk["values"] if v["properties"]["region"] != "uaenorth"]
+    emulator.set_service_tags(shrunk)
+    assert run().source["status"] == "kept-last-good"
