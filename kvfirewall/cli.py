@@ -14,7 +14,7 @@ import sys
 import time
 from typing import TextIO
 
-from kvfirewall.ledger import open_store
+from kvfirewall.ledger import StateStore, open_store
 from kvfirewall.ranges import desired_rules
 from kvfirewall.reconcile import reconcile, resolve_ranges
 from kvfirewall.report import VaultResult
@@ -44,19 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         if name != "ranges":
             command.add_argument("--vault", metavar="ID", help="only this vault (resource id)")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    if args.verbose:  # one line per vault; the SDK's HTTP logging stays quiet
+        logging.getLogger("kvfirewall").setLevel(logging.INFO)
     try:
         settings = Settings.from_env()
         vault = _target(getattr(args, "vault", None), settings)
+        store = _open_store(settings)
     except (SettingsError, UsageError) as exc:
         print(f"kvfirewall: error: {exc}", file=sys.stderr)
         return 2
-
-    store = open_store(settings.state)
     arm = Arm(endpoint=settings.arm_endpoint, subscriptions=settings.subscriptions)
     progress = _Progress(sys.stderr)
     try:
@@ -82,6 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if report.failed else 0
 
 
+def _open_store(settings: Settings) -> StateStore:
+    try:
+        return open_store(settings.state)
+    except Exception as exc:  # the SDKs reject some connection strings only here
+        raise SettingsError(
+            f"KVF_STATE: cannot use {settings.state.describe()}: {type(exc).__name__}"
+        ) from None
+
+
 def _target(value: str | None, settings: Settings) -> VaultRef | None:
     if value is None:
         return None
@@ -94,8 +100,8 @@ def _target(value: str | None, settings: Settings) -> VaultRef | None:
     return ref
 
 
-def _ranges(settings: Settings, store, arm: Arm, *, as_json: bool) -> int:
-    decision = resolve_ranges(settings, store, arm)
+def _ranges(settings: Settings, store: StateStore, arm: Arm, *, as_json: bool) -> int:
+    decision = resolve_ranges(settings, store, arm, save=False)
     desired = desired_rules(settings, decision.snapshot)
     data = {
         "source": decision.snapshot.source,

@@ -148,14 +148,11 @@ class AzureStore:
         if location.kind == "identity":
             from azure.identity import DefaultAzureCredential
 
-            credential = DefaultAzureCredential()
-            account = location.value
-            tables = TableServiceClient(
-                endpoint=f"https://{account}.table.core.windows.net", credential=credential
+            credential = DefaultAzureCredential(
+                managed_identity_client_id=location.client_id or None
             )
-            blobs = BlobServiceClient(
-                account_url=f"https://{account}.blob.core.windows.net", credential=credential
-            )
+            tables = TableServiceClient(endpoint=location.table_url, credential=credential)
+            blobs = BlobServiceClient(account_url=location.value, credential=credential)
         else:
             tables = TableServiceClient.from_connection_string(location.value)
             blobs = BlobServiceClient.from_connection_string(location.value)

@@ -19,6 +19,13 @@ from kvfirewall.ranges import Desired
 from kvfirewall.rules import IPV4_RULE_LIMIT, VNET_RULE_LIMIT, current_ip_network, subnet_key
 
 NOT_OURS = "not added by kvfirewall"
+# publicNetworkAccess values under which IP and VNet rules are not honoured at all.
+INEFFECTIVE = {
+    "disabled": "public network access is disabled: firewall rules have no effect",
+    "securedbyperimeter": (
+        "secured by a network security perimeter: firewall rules have no effect"
+    ),
+}
 ALREADY_THERE = "already present, added by someone else: left to them"
 
 
@@ -56,12 +63,10 @@ class Plan:
 
 def plan_vault(vault: VaultState, entry: LedgerEntry, desired: Desired) -> Plan:
     """Plan one vault. See the module docstring for the rules this guarantees."""
-    if (vault.public_network_access or "").lower() == "disabled":
+    public_access = (vault.public_network_access or "").lower()
+    if public_access in INEFFECTIVE:
         return Plan(
-            vault_id=vault.id,
-            action="skip",
-            reason="public network access is disabled: firewall rules have no effect",
-            owned=entry,
+            vault_id=vault.id, action="skip", reason=INEFFECTIVE[public_access], owned=entry
         )
     acls = vault.network_acls or {}
     added: list[Change] = []

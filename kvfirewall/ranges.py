@@ -133,20 +133,22 @@ def choose_snapshot(
     error: str | None,
     last_good: Snapshot | None,
     builtin: Snapshot,
+    regions: tuple[str, ...],
     max_loss_percent: float,
 ) -> RangeDecision:
     """The guard: accept `fresh` only if it is usable; otherwise keep the last good snapshot.
 
     `fresh` is None when fetching failed (`error` says why). With no last good snapshot yet,
     the shipped builtin snapshot stands in, so a first run with a broken source still has
-    real ranges rather than none.
+    real ranges rather than none. `regions` are the configured ones: a region of those that
+    vanishes from the tag is taken for a broken source, not for Azure retiring it.
     """
     fallback = last_good or builtin
     fallback_status = "kept-last-good" if last_good else "builtin-fallback"
     warnings: list[str] = []
     if fresh is not None:
         warnings.extend(fresh.warnings)
-        problem = _unusable(fresh, last_good, max_loss_percent)
+        problem = _unusable(fresh, last_good, regions, max_loss_percent)
         if problem is None:
             before = last_good.prefixes if last_good else frozenset()
             after = fresh.prefixes
@@ -165,30 +167,49 @@ def choose_snapshot(
         error = problem
     warnings.append(
         f"IP source refused ({error}); using the "
-        + (
-            f"last good snapshot, version {fallback.version}"
-            if last_good
-            else f"builtin snapshot, version {fallback.version}"
-        )
+        + ("last good" if last_good else "builtin")
+        + f" snapshot, version {fallback.version}"
     )
     return RangeDecision(
         snapshot=fallback, status=fallback_status, save=False, warnings=tuple(warnings)
     )
 
 
-def _unusable(fresh: Snapshot, last_good: Snapshot | None, max_loss_percent: float) -> str | None:
+def _unusable(
+    fresh: Snapshot, last: Snapshot | None, regions: tuple[str, ...], max_loss_percent: float
+) -> str | None:
+    """Why `fresh` must not replace `last`, or None. The AzureDevOps tag has only ever grown,
+    so any loss needs a newer changeNumber and must stay small."""
     if not fresh.prefixes:
         return f"{fresh.source} has no IPv4 prefixes for {TAG}"
-    if last_good is None or not last_good.prefixes:
+    if last is None or not last.prefixes:
         return None
-    lost = last_good.prefixes - fresh.prefixes
-    percent = 100.0 * len(lost) / len(last_good.prefixes)
+    newer = _order(fresh.version, last.version)
+    if newer is not None and newer < 0:
+        return f"{fresh.source} version {fresh.version} is older than {last.version}"
+    lost = last.prefixes - fresh.prefixes
+    if lost and fresh.version == last.version:
+        return (
+            f"{fresh.source} drops {len(lost)} prefixes without a new changeNumber "
+            f"(still {fresh.version})"
+        )
+    vanished = [r for r in regions if last.regions.get(r) and not fresh.regions.get(r)]
+    if vanished:
+        return f"{fresh.source} version {fresh.version} has no prefixes for {', '.join(vanished)}"
+    percent = 100.0 * len(lost) / len(last.prefixes)
     if percent > max_loss_percent:
         return (
             f"{fresh.source} version {fresh.version} drops {len(lost)} of "
-            f"{len(last_good.prefixes)} prefixes ({percent:.0f}% > {max_loss_percent:g}%)"
+            f"{len(last.prefixes)} prefixes ({percent:.0f}% > {max_loss_percent:g}%)"
         )
     return None
+
+
+def _order(a: str, b: str) -> int | None:
+    """-1/0/1 comparing two changeNumbers, or None when they are not both numbers."""
+    if not (a.isdigit() and b.isdigit()):
+        return None
+    return (int(a) > int(b)) - (int(a) < int(b))
 
 
 @dataclass(frozen=True)

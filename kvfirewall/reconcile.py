@@ -29,7 +29,7 @@ from kvfirewall.ranges import (
 )
 from kvfirewall.report import Report, VaultResult
 from kvfirewall.rules import RuleError, VaultRef, current_ip_network, parse_vault_id, subnet_key
-from kvfirewall.settings import Settings
+from kvfirewall.settings import Settings, redact_url
 from kvfirewall.sources import builtin_snapshot, fetch_snapshot
 from kvfirewall.vaults import Arm, WriteFailed
 
@@ -39,8 +39,11 @@ WORKERS = 8
 Progress = Callable[[int, VaultResult], None]
 
 
-def resolve_ranges(settings: Settings, store: StateStore, arm: Arm | None) -> RangeDecision:
-    """Fetch the configured source, apply the guard, store a new last good snapshot."""
+def resolve_ranges(
+    settings: Settings, store: StateStore, arm: Arm | None, *, save: bool
+) -> RangeDecision:
+    """Fetch the configured source and apply the guard; with `save`, store a new last good
+    snapshot (dry runs don't: a preview must not move the guard's baseline)."""
     builtin = builtin_snapshot()
     last_good = store.read_snapshot()
     if not settings.all_regions:
@@ -56,9 +59,10 @@ def resolve_ranges(settings: Settings, store: StateStore, arm: Arm | None) -> Ra
         error=error,
         last_good=last_good,
         builtin=builtin,
+        regions=settings.all_regions,
         max_loss_percent=settings.max_range_loss_percent,
     )
-    if decision.save:
+    if save and decision.save:
         store.write_snapshot(decision.snapshot)
     if decision.added or decision.removed:
         log.info(
@@ -94,15 +98,22 @@ def reconcile(
     mode: str,
     vault: VaultRef | None = None,
     progress: Progress | None = None,
+    save_snapshot: bool | None = None,
 ) -> Report:
-    """Reconcile every vault in scope (or one vault) and return the report."""
+    """Reconcile every vault in scope (or one vault) and return the report.
+
+    `write` decides whether vaults and the ledger are written; `save_snapshot` (default:
+    `write`) whether a newer range snapshot becomes the last good one.
+    """
     started = time.monotonic()
-    decision = resolve_ranges(settings, store, arm)
+    decision = resolve_ranges(
+        settings, store, arm, save=write if save_snapshot is None else save_snapshot
+    )
     desired = desired_rules(settings, decision.snapshot)
     report = Report(
         mode=mode,
         source={
-            "setting": settings.ip_source,
+            "setting": redact_url(settings.ip_source),
             "source": decision.snapshot.source,
             "version": decision.snapshot.version,
             "status": decision.status,

@@ -12,6 +12,19 @@ from dataclasses import dataclass
 
 IPV4_RULE_LIMIT = 1000
 VNET_RULE_LIMIT = 200
+# The widest rule kvfirewall will add. Azure DevOps ranges are /23 to /30; anything near /8 is
+# a typo or a tampered source, and would open a vault to a large part of the Internet.
+WIDEST_PREFIX = 16
+# IANA IPv4 special-purpose registry (RFC 6890 and successors): never part of a public rule.
+# A rule that merely *overlaps* one (0.0.0.0/0, 8.0.0.0/6 ...) is refused as well.
+SPECIAL_PURPOSE = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+        "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16",
+        "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+    )
+)  # fmt: skip
 
 _GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 # Resource group names: 1-90 letters, digits, '_', '-', '.', '(' or ')', not ending in '.'.
@@ -51,10 +64,16 @@ def public_ipv4_network(value: str) -> ipaddress.IPv4Network:
         raise RuleError(f"{text!r} is not an IPv4 address or CIDR") from None
     if network.version != 4:
         raise RuleError(f"{text!r} is IPv6; Key Vault firewalls accept IPv4 only")
-    if not network.is_global:
+    special = next((r for r in SPECIAL_PURPOSE if network.overlaps(r)), None)
+    if special is not None:
+        relation = "lies in" if network.subnet_of(special) else "overlaps"
         raise RuleError(
-            f"{text!r} is not a public address range (private, loopback, link-local or "
-            "reserved); Key Vault firewalls accept public IPv4 only"
+            f"{text!r} is not a public address range (it {relation} the reserved {special}); "
+            "Key Vault firewalls accept public IPv4 only"
+        )
+    if network.prefixlen < WIDEST_PREFIX:
+        raise RuleError(
+            f"{text!r} is wider than /{WIDEST_PREFIX}; kvfirewall does not add rules that wide"
         )
     return network
 

@@ -7,6 +7,7 @@ half-applied firewall.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Mapping
@@ -60,18 +61,21 @@ class StateLocation:
     """Where the ledger and range snapshots live."""
 
     kind: str  # "local" | "connection-string" | "identity"
-    value: str  # directory, connection string, or storage account name
+    value: str  # directory, connection string, or (identity) the blob service URL
+    table_url: str = ""  # identity: the table service URL
+    client_id: str = ""  # identity: a user-assigned managed identity's client id
 
     def describe(self) -> str:
         """A description safe for logs: never the connection string's secrets."""
         if self.kind == "local":
             return f"directory {self.value}"
         if self.kind == "identity":
-            return f"storage account {self.value} (managed identity)"
+            return f"storage {urlsplit(self.value).hostname} (managed identity)"
         fields = _connection_fields(self.value)
         if fields.get("usedevelopmentstorage", "").lower() == "true":
             return "Azurite (development storage)"
-        return f"storage account {fields.get('accountname', '?')}"
+        account = fields.get("accountname") or urlsplit(fields.get("blobendpoint", "")).hostname
+        return f"storage account {account or '(unnamed)'}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -214,16 +218,21 @@ def _parse_ip_source(value: str) -> str:
     scheme = urlsplit(value).scheme.lower()
     if scheme == "https":
         if not urlsplit(value).hostname:
-            raise SettingsError(f"KVF_IP_SOURCE: {value!r} is not a valid https URL")
+            raise SettingsError(f"KVF_IP_SOURCE: {redact_url(value)!r} is not a valid https URL")
         return value
     if scheme in ("http", "ftp", "file"):
         raise SettingsError(
-            f"KVF_IP_SOURCE: {value!r} is not allowed; "
+            f"KVF_IP_SOURCE: {redact_url(value)!r} is not allowed; "
             "use api, builtin, an https URL or a file path"
         )
-    if not Path(value).is_file():
+    try:
+        exists = Path(value).is_file()
+    except (OSError, ValueError):
+        exists = False
+    if not exists:
+        shown = value if len(value) <= 200 else value[:200] + "…"
         raise SettingsError(
-            f"KVF_IP_SOURCE: {value!r} is not api, builtin, an https URL or an existing file"
+            f"KVF_IP_SOURCE: {shown!r} is not api, builtin, an https URL or an existing file"
         )
     return value
 
@@ -275,33 +284,85 @@ def _connection_fields(connection_string: str) -> dict[str, str]:
 
 
 def _parse_state(env: Mapping[str, str]) -> StateLocation:
-    """KVF_STATE, else the Functions host's storage (AzureWebJobsStorage), else ./.kvfirewall."""
-    explicit = env.get("KVF_STATE", "").strip()
-    source = "KVF_STATE"
-    value = explicit
-    if not value:
-        source = "AzureWebJobsStorage"
-        value = env.get("AzureWebJobsStorage", "").strip()
-    if not value:
-        account = env.get("AzureWebJobsStorage__accountName", "").strip()
-        if account:
-            if not re.fullmatch(r"[a-z0-9]{3,24}", account):
-                raise SettingsError(
-                    f"AzureWebJobsStorage__accountName: {account!r} is not a storage account name"
-                )
-            return StateLocation(kind="identity", value=account)
-        return StateLocation(kind="local", value=DEFAULT_LOCAL_STATE)
-    if "=" in value:
-        fields = _connection_fields(value)
-        dev = fields.get("usedevelopmentstorage", "").lower() == "true"
-        if not dev and not (
-            {"accountname", "accountkey"} <= fields.keys() or "sharedaccesssignature" in fields
-        ):
-            # Never echo a connection string: it holds a key.
+    """KVF_STATE, else the Functions host's storage (AzureWebJobsStorage, by connection string
+    or by identity), else ./.kvfirewall outside Functions.
+
+    Inside a Function App a local directory would not survive a restart, and a lost ledger
+    means kvfirewall can no longer tell its rules from everyone else's: refuse it there.
+    """
+    for source in ("KVF_STATE", "AzureWebJobsStorage"):
+        value = env.get(source, "").strip()
+        if value and "=" in value:
+            return StateLocation(kind="connection-string", value=_check_connection(source, value))
+        if value:
+            return StateLocation(kind="local", value=value)
+    identity = _identity_storage(env)
+    if identity is not None:
+        return identity
+    if env.get("FUNCTIONS_WORKER_RUNTIME"):
+        raise SettingsError(
+            "KVF_STATE: not set, and no AzureWebJobsStorage either; a Function App needs "
+            "durable state (an Azure Storage connection string or identity-based storage)"
+        )
+    return StateLocation(kind="local", value=DEFAULT_LOCAL_STATE)
+
+
+def _check_connection(source: str, value: str) -> str:
+    """Validate an Azure Storage connection string without ever echoing it (it holds a key)."""
+    fields = _connection_fields(value)
+    if fields.get("usedevelopmentstorage", "").lower() == "true":
+        return value
+    key = fields.get("accountkey")
+    if key is not None:
+        try:
+            base64.b64decode(key, validate=True)
+        except ValueError:
             raise SettingsError(
-                f"{source}: not a valid Azure Storage connection string (it needs "
-                "AccountName and AccountKey, a SharedAccessSignature, "
-                "or UseDevelopmentStorage=true)"
-            )
-        return StateLocation(kind="connection-string", value=value)
-    return StateLocation(kind="local", value=value)
+                f"{source}: the connection string's AccountKey is not base64"
+            ) from None
+    endpoints = {"blobendpoint", "tableendpoint"} <= fields.keys()
+    if ("accountname" in fields or endpoints) and (key or "sharedaccesssignature" in fields):
+        return value
+    raise SettingsError(
+        f"{source}: not a valid Azure Storage connection string (it needs AccountName or "
+        "BlobEndpoint and TableEndpoint, with AccountKey or SharedAccessSignature; or "
+        "UseDevelopmentStorage=true)"
+    )
+
+
+def _identity_storage(env: Mapping[str, str]) -> StateLocation | None:
+    """Identity-based host storage: `AzureWebJobsStorage__accountName`, or the service URIs."""
+    prefix = "AzureWebJobsStorage__"
+    account = env.get(prefix + "accountName", "").strip()
+    blob = env.get(prefix + "blobServiceUri", "").strip()
+    table = env.get(prefix + "tableServiceUri", "").strip()
+    client_id = env.get(prefix + "clientId", "").strip()
+    if not (account or blob):
+        return None
+    if account:
+        if not re.fullmatch(r"[a-z0-9]{3,24}", account):
+            raise SettingsError(f"{prefix}accountName: {account!r} is not a storage account name")
+        blob = blob or f"https://{account}.blob.core.windows.net"
+        table = table or f"https://{account}.table.core.windows.net"
+    for name, url in (("blobServiceUri", blob), ("tableServiceUri", table)):
+        if not url:
+            raise SettingsError(f"{prefix}{name}: required for the kvfirewall ledger")
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname or parts.query:
+            raise SettingsError(f"{prefix}{name}: {redact_url(url)!r} is not an https URL")
+    if client_id and not SUBSCRIPTION_RE.match(client_id):
+        raise SettingsError(f"{prefix}clientId: {client_id!r} is not a client id (a GUID)")
+    return StateLocation(kind="identity", value=blob, table_url=table, client_id=client_id)
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for logs and reports: no user info, query string or fragment (SAS tokens).
+    Anything that is not a URL (api, builtin, a path) is returned as it is."""
+    parts = urlsplit(url)
+    if not (parts.scheme and parts.netloc):
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    hidden = "?…" if parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{host}{parts.path}{hidden}"

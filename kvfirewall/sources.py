@@ -14,6 +14,7 @@ from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 from kvfirewall.ranges import RangeSourceError, Snapshot, parse_service_tags
+from kvfirewall.settings import redact_url
 
 BUILTIN_FILE = "ServiceTags_Public_20251028.AzureDevOps-only.json"
 MAX_DOCUMENT_BYTES = 32 * 1024 * 1024  # weekly public files are ~5 MiB and growing
@@ -44,7 +45,8 @@ def fetch_snapshot(source: str, *, location: str, api: ServiceTagsApi | None) ->
             raise RangeSourceError(f"api: {type(exc).__name__}: {_short(exc)}") from None
         return parse_service_tags(document, source=f"api ({location})")
     if urlsplit(source).scheme.lower() == "https":
-        return parse_service_tags(_parse_json(_download(source), source), source=source)
+        shown = redact_url(source)
+        return parse_service_tags(_parse_json(_download(source), shown), source=shown)
     return parse_service_tags(_parse_json(_read_file(Path(source)), source), source=source)
 
 
@@ -71,32 +73,42 @@ def _read_file(path: Path) -> bytes:
 
 
 def _download(url: str) -> bytes:
-    """GET over https only, following at most a few https redirects, with a size cap."""
+    """GET over https only, following at most a few https redirects, with a size cap.
+
+    Errors name the URL without its query string: a SAS token there is a secret.
+    """
     import requests
 
+    def error(detail: str) -> RangeSourceError:
+        query = urlsplit(url).query
+        if query:
+            detail = detail.replace(query, "…")
+        return RangeSourceError(f"{redact_url(url)}: {detail}")
+
+    too_large = f"larger than {MAX_DOCUMENT_BYTES} bytes"
     for _ in range(MAX_REDIRECTS + 1):
         if urlsplit(url).scheme.lower() != "https":
-            raise RangeSourceError(f"{url}: refusing a non-https URL")
+            raise error("refusing a non-https URL")
         try:
             response = requests.get(url, timeout=TIMEOUT, stream=True, allow_redirects=False)
         except requests.RequestException as exc:
-            raise RangeSourceError(f"{url}: {type(exc).__name__}: {_short(exc)}") from None
+            raise error(f"{type(exc).__name__}: {_short(exc)}") from None
         with response:
             if response.is_redirect:
                 url = urljoin(url, response.headers.get("Location", ""))
                 continue
             if response.status_code != 200:
-                raise RangeSourceError(f"{url}: HTTP {response.status_code}")
+                raise error(f"HTTP {response.status_code}")
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > MAX_DOCUMENT_BYTES:
-                raise RangeSourceError(f"{url}: larger than {MAX_DOCUMENT_BYTES} bytes")
+                raise error(too_large)
             data = bytearray()
             try:
                 for chunk in response.iter_content(64 * 1024):
                     data.extend(chunk)
                     if len(data) > MAX_DOCUMENT_BYTES:
-                        raise RangeSourceError(f"{url}: larger than {MAX_DOCUMENT_BYTES} bytes")
+                        raise error(too_large)
             except requests.RequestException as exc:
-                raise RangeSourceError(f"{url}: {type(exc).__name__}: {_short(exc)}") from None
+                raise error(f"{type(exc).__name__}: {_short(exc)}") from None
             return bytes(data)
-    raise RangeSourceError(f"{url}: more than {MAX_REDIRECTS} redirects")
+    raise error(f"more than {MAX_REDIRECTS} redirects")

@@ -44,7 +44,7 @@ def test_bad_settings_exit_2_with_one_line_and_no_traceback(env):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "kvfirewall: error: KVF_EXTRA_IP_RULES: '10.0.0.0/8' is not a public address range "
-        "(private, loopback, link-local or reserved); Key Vault firewalls accept public IPv4 only"
+        "(it lies in the reserved 10.0.0.0/8); Key Vault firewalls accept public IPv4 only"
     ]
     assert result.stdout == ""
 
@@ -115,3 +115,31 @@ def test_an_unreachable_state_store_is_one_error_line(env):
     assert result.stderr.startswith("kvfirewall: error: ")
     assert "Traceback" not in result.stderr
     assert "eA==" not in result.stderr
+
+
+def test_a_connection_string_the_sdk_rejects_is_a_settings_error(env):
+    broken = "BlobEndpoint=https://;TableEndpoint=https://;SharedAccessSignature=sv=1&sig=S3CRET"
+    result = cli("plan", env={**env, "KVF_STATE": broken})
+    assert result.returncode == 2
+    assert result.stderr.startswith("kvfirewall: error: KVF_STATE: cannot use storage account")
+    assert "S3CRET" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dry_runs_leave_the_state_store_alone(env, emulator, tmp_path):
+    emulator.add_vault(SUB, "rg", "kv-one")
+    assert cli("ranges", env=env).returncode == 0
+    assert cli("plan", env=env).returncode == 0
+    assert not (tmp_path / "state").exists()
+    assert cli("apply", env=env).returncode == 0
+    assert (tmp_path / "state" / "ranges" / "last-good.json").exists()
+
+
+def test_verbose_logs_one_line_per_vault_without_http_noise(env, emulator):
+    emulator.add_vault(SUB, "rg", "kv-one")
+    emulator.add_vault(SUB, "rg", "kv-two")
+    result = cli("plan", "-v", env=env)
+    assert result.returncode == 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(
+        line.startswith("INFO planned /subscriptions/") for line in lines
+    )

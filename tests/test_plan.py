@@ -106,11 +106,16 @@ def test_open_vault_and_vault_without_acls_get_the_rules_with_default_action_as_
     assert "firewall open" in bare_plan.reason
 
 
-def test_public_network_access_disabled_is_skipped_with_a_reason():
+def test_public_network_access_disabled_or_perimeter_is_skipped_with_a_reason():
     plan = plan_vault(vault(pna="Disabled"), LedgerEntry(), desired(WEU))
     assert plan.action == "skip"
     assert "no effect" in plan.reason
     assert plan.network_acls is None
+    perimeter = plan_vault(vault(pna="SecuredByPerimeter"), LedgerEntry(), desired(WEU))
+    assert (perimeter.action, perimeter.reason) == (
+        "skip",
+        "secured by a network security perimeter: firewall rules have no effect",
+    )
 
 
 def test_plans_over_the_service_limits_are_refused_and_up_to_them_accepted():

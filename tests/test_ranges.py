@@ -111,15 +111,42 @@ def test_private_and_host_bit_prefixes_are_dropped_with_a_warning():
 
 # ---- the guard -----------------------------------------------------------------------------
 
+EUROPE = ("westeurope", "northeurope")
 
-def guard(fresh, last_good, error=None, max_loss=20.0):
+
+def guard(fresh, last_good, error=None, max_loss=20.0, regions=EUROPE):
     return choose_snapshot(
         fresh,
         error=error,
         last_good=last_good,
         builtin=builtin_snapshot(),
+        regions=regions,
         max_loss_percent=max_loss,
     )
+
+
+def edited(
+    document: dict,
+    *,
+    drop: tuple[str, ...] = (),
+    version: int | None = None,
+    replace: dict[str, list[str]] | None = None,
+) -> Snapshot:
+    """A copy of a real file with regional tags dropped or replaced and a new changeNumber."""
+    doc = copy.deepcopy(document)
+    doc["values"] = [v for v in doc["values"] if v["name"] not in drop]
+    for value in doc["values"]:
+        if value["name"] == "AzureDevOps" and version is not None:
+            value["properties"]["changeNumber"] = version
+        if value["name"] in (replace or {}):
+            value["properties"]["addressPrefixes"] = replace[value["name"]]
+    return parse_service_tags(doc, source="file")
+
+
+def regional_names(count: int) -> tuple[str, ...]:
+    """The first regional tags that are not in Europe."""
+    names = [v["name"] for v in OCTOBER["values"] if v["name"].startswith("AzureDevOps.")]
+    return tuple(n for n in names if "Europe" not in n)[:count]
 
 
 def test_real_history_july_to_october_is_accepted_as_a_new_version():
@@ -131,6 +158,14 @@ def test_real_history_july_to_october_is_accepted_as_a_new_version():
     assert decision.removed == ()
     again = guard(october, october)
     assert (again.status, again.save) == ("unchanged", False)
+
+
+def test_an_older_version_never_replaces_a_newer_one():
+    july = parse_service_tags(JULY, source="file")
+    october = parse_service_tags(OCTOBER, source="file")
+    decision = guard(july, october)
+    assert decision.snapshot is october
+    assert "version 7 is older than 8" in decision.warnings[-1]
 
 
 def test_a_failed_fetch_keeps_the_last_good_snapshot():
@@ -147,27 +182,39 @@ def test_a_failed_first_fetch_falls_back_to_the_builtin_snapshot():
     assert decision.snapshot.prefixes == builtin_snapshot().prefixes
 
 
-def _without(document: dict, count: int) -> Snapshot:
-    doc = copy.deepcopy(document)
-    regional = [v for v in doc["values"] if v["name"].startswith("AzureDevOps.")]
-    for value in regional[:count]:
-        doc["values"].remove(value)
-    return parse_service_tags(doc, source="file")
-
-
 def test_a_source_that_lost_many_prefixes_is_refused():
     last = parse_service_tags(OCTOBER, source="file")
-    decision = guard(_without(OCTOBER, 10), last)
+    decision = guard(edited(OCTOBER, drop=regional_names(10), version=9), last)
     assert decision.snapshot is last
     assert "drops 10 of 24" in decision.warnings[-1]
 
 
-def test_a_small_real_removal_is_accepted_and_reported():
+def test_a_loss_without_a_new_change_number_is_refused():
     last = parse_service_tags(OCTOBER, source="file")
-    shrunk = _without(OCTOBER, 1)
-    decision = guard(shrunk, last)
-    assert decision.snapshot is shrunk
-    assert len(decision.removed) == 1
+    decision = guard(edited(OCTOBER, drop=regional_names(1)), last)
+    assert decision.snapshot is last
+    assert "without a new changeNumber" in decision.warnings[-1]
+
+
+def test_a_configured_region_that_vanishes_is_a_broken_source():
+    last = parse_service_tags(OCTOBER, source="file")
+    decision = guard(edited(OCTOBER, drop=("AzureDevOps.NorthEurope",), version=9), last)
+    assert decision.snapshot is last
+    assert "no prefixes for northeurope" in decision.warnings[-1]
+
+
+def test_a_small_real_change_with_a_new_version_is_accepted_and_reported():
+    last = parse_service_tags(OCTOBER, source="file")
+    rotated = edited(
+        OCTOBER,
+        version=9,
+        drop=regional_names(1),
+        replace={"AzureDevOps.WestEurope": ["20.61.10.0/24"]},
+    )
+    decision = guard(rotated, last)
+    assert decision.snapshot is rotated
+    assert decision.removed == (IPv4Network("20.37.194.0/24"), IPv4Network("40.74.28.0/23"))
+    assert decision.added == (IPv4Network("20.61.10.0/24"),)
 
 
 def test_an_empty_or_ipv6_only_tag_is_refused():

@@ -31,6 +31,7 @@ FOREIGN_SUBNET = (
     "/virtualNetworks/app-vnet/subnets/web"
 )
 WEU = IPv4Network("40.74.28.0/23")
+NEW_WEU = IPv4Network("20.61.10.0/24")
 TAG = {"kvfirewall": "managed"}
 
 
@@ -43,6 +44,17 @@ def ado(document: dict, *regions: str) -> set[IPv4Network]:
                 IPv4Network(p) for p in value["properties"]["addressPrefixes"] if ":" not in p
             }
     return found
+
+
+def weu_moved() -> dict:
+    """The next version of the tag, in which Azure moved West Europe to a new range."""
+    doc = copy.deepcopy(OCTOBER)
+    for value in doc["values"]:
+        if value["name"] == "AzureDevOps":
+            value["properties"]["changeNumber"] = 9
+        if value["name"] == "AzureDevOps.WestEurope":
+            value["properties"]["addressPrefixes"] = [str(NEW_WEU)]
+    return doc
 
 
 @pytest.fixture
@@ -178,17 +190,17 @@ def test_mixed_estate_converges_in_one_apply_and_the_second_writes_nothing(emula
 
 def test_a_range_azure_removes_is_removed_only_where_kvfirewall_added_it(emulator, estate, run):
     run()
-    shrunk = copy.deepcopy(OCTOBER)
-    shrunk["values"] = [v for v in shrunk["values"] if v["properties"]["region"] != "westeurope"]
-    emulator.set_service_tags(shrunk)
+    emulator.set_service_tags(weu_moved())
 
     report = run()
 
-    assert report.source["removed"] == [str(WEU)]
+    assert (report.source["removed"], report.source["added"]) == ([str(WEU)], [str(NEW_WEU)])
+    for name in ("bare", "open", "locked"):
+        assert NEW_WEU in nets(emulator, estate[name])
+        assert IPv4Network("20.166.41.0/24") in nets(emulator, estate[name])
     assert WEU not in nets(emulator, estate["bare"])
     assert WEU not in nets(emulator, estate["open"])
     assert WEU in nets(emulator, estate["locked"])  # someone else's rule
-    assert IPv4Network("20.166.41.0/24") in nets(emulator, estate["bare"])
 
 
 def test_a_broken_source_never_removes_rules(emulator, estate, run):
@@ -301,9 +313,7 @@ def test_a_crash_between_the_write_and_the_ledger_update_strands_no_rule(
     monkeypatch.setattr(Arm, "update_network_acls", original)
 
     # Azure drops West Europe: the next run must know the rule is its own and remove it.
-    shrunk = copy.deepcopy(OCTOBER)
-    shrunk["values"] = [v for v in shrunk["values"] if v["properties"]["region"] != "westeurope"]
-    emulator.set_service_tags(shrunk)
+    emulator.set_service_tags(weu_moved())
     assert [v.outcome for v in run(vault=estate["bare"]).vaults] == ["updated"]
     assert WEU not in nets(emulator, estate["bare"])
 
@@ -385,9 +395,7 @@ def test_a_rejected_write_claims_nothing(emulator, estate, run, tmp_path):
         },
     )
     run(vault=estate["bare"])
-    shrunk = copy.deepcopy(OCTOBER)
-    shrunk["values"] = [v for v in shrunk["values"] if v["properties"]["region"] != "westeurope"]
-    emulator.set_service_tags(shrunk)
+    emulator.set_service_tags(weu_moved())
     run(vault=estate["bare"])
     assert WEU in nets(emulator, estate["bare"])
 
@@ -452,7 +460,5 @@ def test_loss_guard_and_discovery_location_come_from_the_settings(
     monkeypatch.setenv("KVF_MAX_RANGE_LOSS_PERCENT", "0")
     run()
     assert any("/locations/westeurope/serviceTags" in r.path for r in emulator.requests)
-    shrunk = copy.deepcopy(OCTOBER)
-    shrunk["values"] = [v for v in shrunk["values"] if v["properties"]["region"] != "uaenorth"]
-    emulator.set_service_tags(shrunk)
+    emulator.set_service_tags(weu_moved())  # a real change, but 1 of 24 prefixes lost > 0 %
     assert run().source["status"] == "kept-last-good"

@@ -44,7 +44,32 @@ def test_state_follows_functions_storage_unless_set():
     azurite = "UseDevelopmentStorage=true"
     assert load(AzureWebJobsStorage=azurite).state.kind == "connection-string"
     assert load(AzureWebJobsStorage=azurite, KVF_STATE="/tmp/x").state.value == "/tmp/x"
-    assert load(AzureWebJobsStorage__accountName="kvfstate").state.kind == "identity"
+    by_name = load(AzureWebJobsStorage__accountName="kvfstate").state
+    assert (by_name.kind, by_name.value, by_name.table_url) == (
+        "identity",
+        "https://kvfstate.blob.core.windows.net",
+        "https://kvfstate.table.core.windows.net",
+    )
+    by_uri = load(
+        AzureWebJobsStorage__blobServiceUri="https://s.blob.core.usgovcloudapi.net",
+        AzureWebJobsStorage__tableServiceUri="https://s.table.core.usgovcloudapi.net",
+        AzureWebJobsStorage__clientId="0b1c2d3e-0000-4000-8000-000000000001",
+    ).state
+    assert by_uri.table_url == "https://s.table.core.usgovcloudapi.net"
+    assert by_uri.client_id == "0b1c2d3e-0000-4000-8000-000000000001"
+
+
+def test_a_function_app_without_durable_state_is_refused():
+    with pytest.raises(SettingsError, match="a Function App needs durable state"):
+        load(FUNCTIONS_WORKER_RUNTIME="python")
+    assert load(FUNCTIONS_WORKER_RUNTIME="python", KVF_STATE="/mnt/state").state.kind == "local"
+
+
+def test_a_secret_in_the_ip_source_url_is_never_echoed():
+    with pytest.raises(SettingsError) as caught:
+        load(KVF_IP_SOURCE="http://example.com/tags.json?sig=S3CRET")
+    assert "S3CRET" not in str(caught.value)
+    assert "http://example.com/tags.json?…" in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -71,6 +96,22 @@ def test_state_follows_functions_storage_unless_set():
         ({"KVF_SERVICE_TAG_LOCATION": "us/../x"}, "KVF_SERVICE_TAG_LOCATION: 'us/../x'"),
         ({"KVF_MAX_RANGE_LOSS_PERCENT": "150"}, "KVF_MAX_RANGE_LOSS_PERCENT: '150'"),
         ({"KVF_ADO_GEOGRAPHIES": ""}, "nothing to allow"),
+        (
+            {"KVF_EXTRA_IP_RULES": "0.0.0.0/0"},
+            "'0.0.0.0/0' is not a public address range (it overlaps",
+        ),
+        ({"KVF_EXTRA_IP_RULES": "128.0.0.0/1"}, "'128.0.0.0/1' is not a public address range"),
+        ({"KVF_EXTRA_IP_RULES": "8.0.0.0/6"}, "(it overlaps the reserved 10.0.0.0/8)"),
+        ({"KVF_EXTRA_IP_RULES": "100.64.1.1"}, "(it lies in the reserved 100.64.0.0/10)"),
+        ({"KVF_EXTRA_IP_RULES": "52.0.0.0/8"}, "'52.0.0.0/8' is wider than /16"),
+        ({"KVF_STATE": "SharedAccessSignature=sv=1&sig=x"}, "KVF_STATE: not a valid Azure Storage"),
+        ({"KVF_STATE": "AccountName=a;AccountKey=not base64!"}, "AccountKey is not base64"),
+        ({"KVF_IP_SOURCE": "x" * 300}, "KVF_IP_SOURCE: 'xxxx"),
+        (
+            {"AzureWebJobsStorage__blobServiceUri": "http://a.blob.core.windows.net"},
+            "AzureWebJobsStorage__blobServiceUri: 'http://a.blob.core.windows.net' is not an https",
+        ),
+        ({"AzureWebJobsStorage__accountName": "Bad_Name"}, "'Bad_Name' is not a storage account"),
     ],
 )
 def test_bad_values_are_named_in_one_message(values, expected):

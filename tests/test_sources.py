@@ -88,3 +88,12 @@ def test_a_failing_discovery_api_is_a_source_error(emulator):
     )
     with pytest.raises(RangeSourceError, match="api: HttpResponseError"):
         fetch("api", api=arm)
+
+
+def test_a_signed_url_never_shows_its_token(emulator):
+    emulator.add_file("/tags.json", OCTOBER)
+    signed = f"{emulator.url}/tags.json?sv=2024-01-01&sig=TOPSECRET"
+    assert fetch(signed).source == f"{emulator.url}/tags.json?…"
+    with pytest.raises(RangeSourceError) as caught:
+        fetch("https://127.0.0.1:9/tags.json?sv=2024-01-01&sig=TOPSECRET")
+    assert "TOPSECRET" not in str(caught.value)
