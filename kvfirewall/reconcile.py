@@ -13,6 +13,7 @@ re-sending the old body: a 409 means someone else was writing that vault.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -106,6 +107,7 @@ def reconcile(
     `write`) whether a newer range snapshot becomes the last good one.
     """
     started = time.monotonic()
+    calls_before = dataclasses.replace(arm.counts)  # an Arm may serve many runs
     decision = resolve_ranges(
         settings, store, arm, save=write if save_snapshot is None else save_snapshot
     )
@@ -133,9 +135,8 @@ def reconcile(
                 if progress:
                     progress(done, result)
     report.arm_calls = {
-        "reads": arm.counts.reads,
-        "writes": arm.counts.writes,
-        "throttled": arm.counts.throttled,
+        field: getattr(arm.counts, field) - getattr(calls_before, field)
+        for field in ("reads", "writes", "throttled")
     }
     report.duration_seconds = time.monotonic() - started
     return report

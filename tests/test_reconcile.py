@@ -108,9 +108,9 @@ def run(emulator, tmp_path, monkeypatch):
     monkeypatch.setenv("KVF_VAULT_TAG", "kvfirewall=managed")
     monkeypatch.setenv("KVF_STATE", str(tmp_path / "state"))
 
-    def _run(*, write: bool = True, vault: str | None = None):
+    def _run(*, write: bool = True, vault: str | None = None, arm: Arm | None = None):
         settings = Settings.from_env()
-        arm = Arm(endpoint=settings.arm_endpoint, subscriptions=settings.subscriptions)
+        arm = arm or Arm(endpoint=settings.arm_endpoint, subscriptions=settings.subscriptions)
         return reconcile(
             settings,
             store=open_store(settings.state),
@@ -185,7 +185,7 @@ def test_mixed_estate_converges_in_one_apply_and_the_second_writes_nothing(emula
     assert {v.outcome for v in second.vaults} == {"unchanged", "skipped"}
     # One list page per subscription plus the Discovery API: no per-vault reads.
     assert emulator.reads == 3
-    assert second.arm_calls["writes"] == 0
+    assert second.arm_calls == {"reads": 3, "writes": 0, "throttled": 0}
 
 
 def test_a_range_azure_removes_is_removed_only_where_kvfirewall_added_it(emulator, estate, run):
@@ -462,3 +462,9 @@ def test_loss_guard_and_discovery_location_come_from_the_settings(
     assert any("/locations/westeurope/serviceTags" in r.path for r in emulator.requests)
     emulator.set_service_tags(weu_moved())  # a real change, but 1 of 24 prefixes lost > 0 %
     assert run().source["status"] == "kept-last-good"
+
+
+def test_a_reused_client_reports_each_runs_own_arm_calls(emulator, estate, run):
+    arm = Arm(endpoint=emulator.url, subscriptions=(SUB_A, SUB_B))
+    assert run(arm=arm).arm_calls["writes"] == 3
+    assert run(arm=arm).arm_calls == {"reads": 3, "writes": 0, "throttled": 0}
