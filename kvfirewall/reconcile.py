@@ -207,6 +207,7 @@ class _VaultWorker:
         if plan.action != "write" or not self.write:
             return self._settle(plan, entry, ref)
         backoff = self.arm.write_backoff()
+        unconfirmed: Plan | None = None  # a write that may have landed without an answer
         while True:
             if not fresh:  # read again right before every write attempt
                 state = self.arm.get_vault(ref)
@@ -220,7 +221,10 @@ class _VaultWorker:
                     )
                 plan = plan_vault(state, entry, self.desired)
                 if plan.action != "write":
-                    return self._settle(plan, entry, ref)
+                    result = self._settle(plan, entry, ref)
+                    if unconfirmed is not None and result.outcome == "unchanged":
+                        return _result(unconfirmed, "updated")  # it had landed after all
+                    return result
             fresh = False
             pending = LedgerEntry(
                 ip_rules=entry.ip_rules,
@@ -233,7 +237,7 @@ class _VaultWorker:
                 after = self.arm.update_network_acls(ref, plan.network_acls)
             except WriteFailed as exc:
                 if exc.maybe_applied:
-                    entry = pending  # the next read tells which of them landed
+                    entry, unconfirmed = pending, plan  # the next read tells what landed
                 else:
                     self.store.write_entry(ref.key, entry)  # surely not applied: claim nothing
                 if exc.retryable and backoff.wait(exc.retry_after):

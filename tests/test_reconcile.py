@@ -15,7 +15,7 @@ from kvfirewall.ledger import LedgerEntry, LocalStore, open_store
 from kvfirewall.reconcile import reconcile
 from kvfirewall.rules import parse_vault_id
 from kvfirewall.settings import Settings
-from kvfirewall.vaults import Arm
+from kvfirewall.vaults import Arm, WriteFailed
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OCTOBER = json.loads((FIXTURES / "ServiceTags_Public_20251028.AzureDevOps-only.json").read_text())
@@ -468,3 +468,38 @@ def test_a_reused_client_reports_each_runs_own_arm_calls(emulator, estate, run):
     arm = Arm(endpoint=emulator.url, subscriptions=(SUB_A, SUB_B))
     assert run(arm=arm).arm_calls["writes"] == 3
     assert run(arm=arm).arm_calls == {"reads": 3, "writes": 0, "throttled": 0}
+
+
+def test_a_write_that_landed_without_an_answer_is_confirmed_by_the_next_read(
+    emulator, estate, run, monkeypatch, tmp_path
+):
+    original = Arm.update_network_acls
+    calls: list[int] = []
+
+    def write_then_lose_the_answer(self, ref, network_acls):
+        calls.append(1)
+        original(self, ref, network_acls)
+        raise WriteFailed(
+            "ServiceResponseError: connection reset", retryable=True, maybe_applied=True
+        )
+
+    monkeypatch.setattr(Arm, "update_network_acls", write_then_lose_the_answer)
+    report = run(vault=estate["bare"])
+    assert [v.outcome for v in report.vaults] == ["updated"]
+    assert report.vaults[0].added and len(calls) == 1
+    entry = LocalStore(tmp_path / "state").read_entry(estate["bare"].lower())
+    assert WEU in entry.ip_rules and not entry.pending_ip_rules
+
+
+def test_a_server_error_is_retried_from_a_fresh_read(emulator, estate, run):
+    emulator.fail(
+        "PATCH",
+        "kv-bare",
+        503,
+        times=1,
+        body={"error": {"code": "ServiceUnavailable", "message": "try later"}},
+    )
+    report = run(vault=estate["bare"])
+    assert [v.outcome for v in report.vaults] == ["updated"]
+    methods = [(r.method, r.status) for r in emulator.requests if "kv-bare" in r.path]
+    assert methods == [("GET", 200), ("PATCH", 503), ("GET", 200), ("PATCH", 200)]
