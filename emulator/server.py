@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import ssl
 import tempfile
 import threading
@@ -82,6 +83,7 @@ class _Response:
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False  # close the connection instead of answering (a lost response)
 
 
 @dataclass
@@ -181,6 +183,10 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         emulator: Emulator = self.server.emulator  # type: ignore[attr-defined]
         response = emulator._handle(self.command, self.path, dict(self.headers.items()), raw)
+        if response.drop:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         self.send_response(response.status)
         for name, value in response.headers.items():
             self.send_header(name, value)
@@ -295,6 +301,7 @@ class Emulator:
             self._files: dict[str, tuple[bytes, str]] = {}
             self._redirects: dict[str, str] = {}
             self._faults: list[_Fault] = []
+            self._lost: list[_Fault] = []
             self._limits: dict[str, tuple[int, float] | None] = {"read": None, "write": None}
             self._buckets: dict[tuple[str, str], _Bucket] = {}
             self._busy: set[tuple[str, str, str]] = set()
@@ -450,6 +457,27 @@ class Emulator:
                 )
             )
 
+    def lose_response(self, method: str, path_regex: str, *, times: int = 1) -> None:
+        """Process the next `times` matching requests normally, then drop the connection
+        without answering: the client cannot know whether its write landed."""
+        with self._lock:
+            self._lost.append(
+                _Fault(
+                    method=method.upper(),
+                    pattern=re.compile(path_regex, re.IGNORECASE),
+                    status=0,
+                    remaining=times,
+                    headers={},
+                    body=None,
+                )
+            )
+
+    def delete_vault(self, vault_id: str) -> None:
+        """Delete a vault as someone else would (no request is recorded)."""
+        key = vaults.vault_key(*vaults.parse_vault_id(vault_id))
+        with self._lock:
+            del self._vaults[key]
+
     # ------------------------------------------------------------------ request handling
 
     def _handle(
@@ -473,6 +501,16 @@ class Emulator:
 
         response = self._route(method, path, query, lower_headers, body, body_error)
         with self._lock:
+            lost = next(
+                (f for f in self._lost if f.method in ("*", method) and f.pattern.search(path)),
+                None,
+            )
+            if lost is not None:
+                lost.remaining -= 1
+                if lost.remaining <= 0:
+                    self._lost.remove(lost)
+                response.drop = True
+
             self._requests.append(
                 Recorded(method, path, query, lower_headers, body, response.status)
             )

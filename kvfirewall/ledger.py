@@ -36,6 +36,9 @@ class LedgerEntry:
     subnets: frozenset[str] = frozenset()
     pending_ip_rules: frozenset[IPv4Network] = frozenset()
     pending_subnets: frozenset[str] = frozenset()
+    # The vault's creation time (systemData.createdAt): a vault deleted and created again under
+    # the same id is another vault, and must not inherit this one's ownership.
+    generation: str = ""
 
     def __bool__(self) -> bool:
         return bool(self.ip_rules or self.subnets or self.pending_ip_rules or self.pending_subnets)
@@ -46,6 +49,7 @@ class LedgerEntry:
             "subnets": sorted(self.subnets),
             "pendingIpRules": sorted(map(str, self.pending_ip_rules)),
             "pendingSubnets": sorted(self.pending_subnets),
+            "generation": self.generation,
         }
 
     @classmethod
@@ -55,6 +59,7 @@ class LedgerEntry:
             subnets=frozenset(data.get("subnets", ())),
             pending_ip_rules=frozenset(IPv4Network(v) for v in data.get("pendingIpRules", ())),
             pending_subnets=frozenset(data.get("pendingSubnets", ())),
+            generation=str(data.get("generation", "")),
         )
 
 

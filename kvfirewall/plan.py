@@ -37,6 +37,7 @@ class VaultState:
     tags: Mapping[str, str] = field(default_factory=dict)
     public_network_access: str | None = None
     network_acls: Mapping | None = None  # REST shape: defaultAction, bypass, ipRules, ...
+    created_at: str | None = None  # systemData.createdAt: tells a re-created vault apart
 
 
 @dataclass(frozen=True)

@@ -178,10 +178,10 @@ class _VaultWorker:
         """A single vault named by id: read it fresh (callers never pass state)."""
         try:
             state = self.arm.get_vault(ref)
+            if state is None:
+                return self._gone(ref, "vault not found")
         except Exception as exc:
             return _failed(ref.id, exc)
-        if state is None:
-            return VaultResult(id=ref.id, outcome="skipped", reason="vault not found")
         if not in_scope(state, self.settings):
             return VaultResult(id=state.id, outcome="skipped", reason="not in scope")
         return self.listed(state, fresh=True)
@@ -202,44 +202,47 @@ class _VaultWorker:
 
     def _reconcile(self, state: VaultState, *, fresh: bool) -> VaultResult:
         ref = parse_vault_id(state.id)
-        entry = self.store.read_entry(ref.key)
+        stored = self.store.read_entry(ref.key)
+        entry = _settled(stored, state)
         plan = plan_vault(state, entry, self.desired)
         if plan.action != "write" or not self.write:
-            return self._settle(plan, entry, ref)
+            return self._settle(plan, entry, ref, stored)
         backoff = self.arm.write_backoff()
         unconfirmed: Plan | None = None  # a write that may have landed without an answer
         while True:
             if not fresh:  # read again right before every write attempt
                 state = self.arm.get_vault(ref)
                 if state is None:
-                    return VaultResult(
-                        id=ref.id, outcome="skipped", reason="vault deleted meanwhile"
-                    )
+                    return self._gone(ref, "vault deleted meanwhile")
                 if not in_scope(state, self.settings):
                     return VaultResult(
                         id=state.id, outcome="skipped", reason="left scope meanwhile"
                     )
+                entry = _settled(entry, state)
                 plan = plan_vault(state, entry, self.desired)
                 if plan.action != "write":
-                    result = self._settle(plan, entry, ref)
+                    result = self._settle(plan, entry, ref, stored)
                     if unconfirmed is not None and result.outcome == "unchanged":
                         return _result(unconfirmed, "updated")  # it had landed after all
                     return result
             fresh = False
-            pending = LedgerEntry(
-                ip_rules=entry.ip_rules,
-                subnets=entry.subnets,
+            pending = dataclasses.replace(
+                entry,
                 pending_ip_rules=entry.pending_ip_rules | plan.owned.ip_rules,
                 pending_subnets=entry.pending_subnets | plan.owned.subnets,
             )
             self.store.write_entry(ref.key, pending)
+            stored = pending
             try:
                 after = self.arm.update_network_acls(ref, plan.network_acls)
             except WriteFailed as exc:
+                if exc.status == 404:
+                    return self._gone(ref, "vault deleted meanwhile")
                 if exc.maybe_applied:
                     entry, unconfirmed = pending, plan  # the next read tells what landed
                 else:
                     self.store.write_entry(ref.key, entry)  # surely not applied: claim nothing
+                    stored = entry
                 if exc.retryable and backoff.wait(exc.retry_after):
                     continue
                 tries = f" (gave up after {backoff.attempts} attempts)" if exc.retryable else ""
@@ -250,17 +253,44 @@ class _VaultWorker:
                 return _result(plan, "failed", error=f"write not reflected: {missing}")
             return _result(plan, "updated")
 
-    def _settle(self, plan: Plan, entry: LedgerEntry, ref: VaultRef) -> VaultResult:
-        """Outcome of a plan that is not written; keeps the ledger truthful if it moved."""
+    def _settle(
+        self, plan: Plan, entry: LedgerEntry, ref: VaultRef, stored: LedgerEntry
+    ) -> VaultResult:
+        """Outcome of a plan that is not written; keeps the ledger truthful if it moved
+        (`stored` is what the ledger holds now)."""
         if plan.action == "skip":
             return _result(plan, "skipped")
         if plan.action == "refuse":
             return _result(plan, "failed", error=f"refused: {plan.reason}")
         if plan.action == "write":
             return _result(plan, "planned")
-        if self.write and plan.owned != entry:
-            self.store.write_entry(ref.key, plan.owned)
+        owned = dataclasses.replace(plan.owned, generation=entry.generation)
+        if self.write and owned != stored:
+            self.store.write_entry(ref.key, owned)
         return _result(plan, "unchanged")
+
+    def _gone(self, ref: VaultRef, reason: str) -> VaultResult:
+        """A vault that no longer exists: its ledger entry must not outlive it."""
+        if self.write:
+            self.store.write_entry(ref.key, LedgerEntry())
+        return VaultResult(id=ref.id, outcome="skipped", reason=reason)
+
+
+def _settled(entry: LedgerEntry, state: VaultState) -> LedgerEntry:
+    """The ledger entry as it stands against a fresh read of the vault.
+
+    An entry made for another vault that had the same id (deleted and created again) is
+    forgotten. Pending rules are resolved: those present were written by kvfirewall and are
+    owned; those absent never landed and are claimed no more.
+    """
+    if entry.generation and state.created_at and entry.generation != state.created_at:
+        entry = LedgerEntry()
+    nets, subnets = _present(state)
+    return LedgerEntry(
+        ip_rules=entry.ip_rules | (entry.pending_ip_rules & nets),
+        subnets=entry.subnets | (entry.pending_subnets & subnets),
+        generation=state.created_at or entry.generation,
+    )
 
 
 def _present(state: VaultState) -> tuple[set, set[str]]:
@@ -281,6 +311,7 @@ def _confirmed(pending: LedgerEntry, after: VaultState) -> LedgerEntry:
     return LedgerEntry(
         ip_rules=(pending.ip_rules | pending.pending_ip_rules) & nets,
         subnets=(pending.subnets | pending.pending_subnets) & subnets,
+        generation=pending.generation,
     )
 
 

@@ -33,9 +33,13 @@ KNOWN_SCOPES = {
     "https://management.chinacloudapi.cn": "https://management.chinacloudapi.cn/.default",
 }
 SERVICE_TAGS_API_VERSION = "2024-05-01"
-# Answers after which a write was certainly not applied, and those after which it may have been.
-NOT_APPLIED_STATUS = frozenset({408, 409, 429})
-MAYBE_APPLIED_STATUS = frozenset({500, 502, 503, 504})
+# Client errors worth another attempt (after a fresh read): a timeout, a conflicting write in
+# progress, throttling. Every 4xx means the write was not applied; anything else (5xx, a
+# response cut off mid-body, an unexpected status) may have been.
+RETRYABLE_CLIENT_STATUS = frozenset({408, 409, 429})
+WRITE_TIMEOUT = 30  # seconds to wait for a PATCH response; the retry budget bounds the rest
+CONNECT_TIMEOUT = 10
+READ_TIMEOUT = 60
 USER_AGENT = "kvfirewall/0.1"
 
 
@@ -86,8 +90,10 @@ class WriteFailed(Exception):
         retryable: bool = False,
         maybe_applied: bool = False,
         retry_after: float | None = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(message)
+        self.status = status
         self.retryable = retryable
         self.maybe_applied = maybe_applied
         self.retry_after = retry_after
@@ -157,6 +163,8 @@ class Arm:
                     credential_scopes=[token_scope(self.endpoint)],
                     per_retry_policies=[_CountingPolicy(self.counts, self._lock)],
                     user_agent=USER_AGENT,
+                    connection_timeout=CONNECT_TIMEOUT,
+                    read_timeout=READ_TIMEOUT,
                 )
                 self._clients[subscription] = client
             return client
@@ -184,14 +192,18 @@ class Arm:
         client = self._client(ref.subscription)
         body = {"properties": {"networkAcls": network_acls}}
         try:
-            vault = client.vaults.update(ref.resource_group, ref.name, body, retry_total=0)
+            vault = client.vaults.update(
+                ref.resource_group, ref.name, body, retry_total=0, read_timeout=WRITE_TIMEOUT
+            )
         except HttpResponseError as exc:
             status = exc.status_code or 0
+            client_error = 400 <= status < 500
             raise WriteFailed(
                 _describe(exc),
-                retryable=status in NOT_APPLIED_STATUS | MAYBE_APPLIED_STATUS,
-                maybe_applied=status in MAYBE_APPLIED_STATUS,
+                retryable=status in RETRYABLE_CLIENT_STATUS or not client_error,
+                maybe_applied=not client_error,
                 retry_after=_retry_after(exc),
+                status=exc.status_code,
             ) from None
         except (ServiceRequestError, ServiceResponseError) as exc:
             # A request that never left is not applied; a lost response may have been.
@@ -249,4 +261,5 @@ def to_state(vault) -> VaultState:
         tags=dict(data.get("tags") or {}),
         public_network_access=properties.get("publicNetworkAccess"),
         network_acls=properties.get("networkAcls"),
+        created_at=(data.get("systemData") or {}).get("createdAt"),
     )

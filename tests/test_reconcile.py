@@ -503,3 +503,107 @@ def test_a_server_error_is_retried_from_a_fresh_read(emulator, estate, run):
     assert [v.outcome for v in report.vaults] == ["updated"]
     methods = [(r.method, r.status) for r in emulator.requests if "kv-bare" in r.path]
     assert methods == [("GET", 200), ("PATCH", 503), ("GET", 200), ("PATCH", 200)]
+
+
+def test_a_lost_response_is_settled_by_the_next_read(emulator, estate, run, tmp_path):
+    emulator.lose_response("PATCH", "kv-bare")
+    report = run(vault=estate["bare"])
+    assert [v.outcome for v in report.vaults] == ["updated"]
+    assert [r.method for r in emulator.requests if r.method != "GET"] == ["PATCH"]
+    entry = LocalStore(tmp_path / "state").read_entry(estate["bare"].lower())
+    assert WEU in entry.ip_rules and not entry.pending_ip_rules
+
+
+def test_a_server_error_then_a_refusal_claims_nothing(emulator, estate, run, tmp_path):
+    emulator.fail("PATCH", "kv-bare", 503, times=1)
+    emulator.fail(
+        "PATCH",
+        "kv-bare",
+        403,
+        times=1,
+        body={"error": {"code": "AuthorizationFailed", "message": "no"}},
+    )
+    assert [v.outcome for v in run(vault=estate["bare"]).vaults] == ["failed"]
+    entry = LocalStore(tmp_path / "state").read_entry(estate["bare"].lower())
+    assert not (entry.ip_rules | entry.pending_ip_rules | entry.subnets | entry.pending_subnets)
+
+
+def test_a_vault_created_again_under_the_same_id_inherits_no_ownership(emulator, estate, run):
+    run(vault=estate["bare"])
+    emulator.delete_vault(estate["bare"])
+    time.sleep(0.01)
+    emulator.add_vault(
+        SUB_A,
+        "apps",
+        "kv-bare",
+        tags=TAG,
+        network_acls={
+            "defaultAction": "Deny",
+            "bypass": "AzureServices",
+            "ipRules": [{"value": str(WEU)}],
+            "virtualNetworkRules": [],
+        },
+    )
+    run(vault=estate["bare"])
+    emulator.set_service_tags(weu_moved())
+    run(vault=estate["bare"])
+    assert WEU in nets(emulator, estate["bare"])  # the new owners' rule
+
+
+def test_a_deleted_vault_loses_its_ledger_entry(emulator, estate, run, tmp_path, monkeypatch):
+    run(vault=estate["bare"])
+    store = LocalStore(tmp_path / "state")
+    assert store.read_entry(estate["bare"].lower())
+    original = Arm.list_vaults
+
+    def list_then_delete(self, subscription):
+        listed = list(original(self, subscription))
+        if subscription == SUB_A:
+            emulator.delete_vault(estate["bare"])
+        yield from listed
+
+    emulator.set_service_tags(weu_moved())
+    monkeypatch.setattr(Arm, "list_vaults", list_then_delete)
+    bare = next(v for v in run().vaults if v.id.endswith("kv-bare"))
+    assert (bare.outcome, bare.reason) == ("skipped", "vault deleted meanwhile")
+    assert store.read_entry(estate["bare"].lower()) == LedgerEntry()
+
+
+def test_a_vault_deleted_between_read_and_write_is_skipped(emulator, estate, run):
+    emulator.fail(
+        "PATCH",
+        "kv-bare",
+        404,
+        times=1,
+        body={"error": {"code": "ResourceNotFound", "message": "gone"}},
+    )
+    report = run(vault=estate["bare"])
+    assert [(v.outcome, v.reason) for v in report.vaults] == [
+        ("skipped", "vault deleted meanwhile")
+    ]
+    assert not report.failed
+
+
+def test_a_dry_run_after_a_crash_leaves_the_ledger_as_it_was(
+    emulator, estate, run, monkeypatch, tmp_path
+):
+    original = Arm.update_network_acls
+
+    def write_then_crash(self, ref, network_acls):
+        original(self, ref, network_acls)
+        raise RuntimeError("process died before the ledger update")
+
+    monkeypatch.setattr(Arm, "update_network_acls", write_then_crash)
+    run(vault=estate["bare"])
+    path = next((tmp_path / "state" / "ledger").iterdir())
+    before = path.read_text()
+    run(write=False, vault=estate["bare"])
+    assert path.read_text() == before
+
+
+def test_a_signed_source_url_is_reported_without_its_token(emulator, estate, run, monkeypatch):
+    emulator.add_file("/tags.json", json.dumps(OCTOBER).encode())
+    monkeypatch.setenv("KVF_IP_SOURCE", f"{emulator.url}/tags.json?sv=1&sig=S3CRET")
+    report = run(write=False)
+    assert "S3CRET" not in json.dumps(report.to_json())
+    assert report.source["setting"] == f"{emulator.url}/tags.json?…"

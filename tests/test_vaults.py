@@ -84,10 +84,23 @@ def test_update_sends_only_network_acls_and_returns_the_normalized_vault(emulato
 
 
 @pytest.mark.parametrize(
-    ("status", "maybe_applied"),
-    [(409, False), (429, False), (408, False), (502, True), (503, True)],
+    ("status", "retryable", "maybe_applied"),
+    [
+        (409, True, False),
+        (429, True, False),
+        (408, True, False),
+        (403, False, False),
+        (404, False, False),
+        (500, True, True),
+        (501, True, True),
+        (502, True, True),
+        (503, True, True),
+        (504, True, True),
+    ],
 )
-def test_a_write_is_one_attempt_that_says_whether_to_retry(emulator, arm, status, maybe_applied):
+def test_a_write_is_one_attempt_that_says_whether_to_retry(
+    emulator, arm, status, retryable, maybe_applied
+):
     ref = parse_vault_id(emulator.add_vault(SUB, "rg", "kv-one"))
     emulator.fail(
         "PATCH",
@@ -99,10 +112,26 @@ def test_a_write_is_one_attempt_that_says_whether_to_retry(emulator, arm, status
     )
     with pytest.raises(WriteFailed) as caught:
         arm.update_network_acls(ref, ACLS)
-    assert (caught.value.retryable, caught.value.maybe_applied) == (True, maybe_applied)
-    assert caught.value.retry_after == (3.0 if status == 429 else None)
+    failure = caught.value
+    assert (failure.retryable, failure.maybe_applied, failure.status) == (
+        retryable,
+        maybe_applied,
+        status,
+    )
+    assert failure.retry_after == (3.0 if status == 429 else None)
     # azure-core did not re-send the body on its own.
     assert [r.status for r in emulator.requests if r.method == "PATCH"] == [status]
+
+
+def test_a_lost_response_may_have_been_applied(emulator, arm):
+    ref = parse_vault_id(emulator.add_vault(SUB, "rg", "kv-one"))
+    emulator.lose_response("PATCH", "kv-one")
+    with pytest.raises(WriteFailed) as caught:
+        arm.update_network_acls(ref, ACLS)
+    assert caught.value.retryable and caught.value.maybe_applied
+    assert emulator.vault(ref.id)["properties"]["networkAcls"]["ipRules"] == [
+        {"value": "52.1.2.3/32"}
+    ]
 
 
 def test_a_client_error_is_final(emulator, arm):
