@@ -76,6 +76,7 @@ def plan_vault(vault: VaultState, entry: LedgerEntry, desired: Desired) -> Plan:
 
     owned_ip = entry.ip_rules | entry.pending_ip_rules
     owned_sn = entry.subnets | entry.pending_subnets
+    hold = bool(desired.missing_regions)  # an incomplete desired set removes nothing
     ip_rules, ip_present = _merge(
         _ip_values(acls),
         key=current_ip_network,
@@ -83,6 +84,7 @@ def plan_vault(vault: VaultState, entry: LedgerEntry, desired: Desired) -> Plan:
         owned=owned_ip,
         desired={net: (str(net), why) for net, why in desired.ip_rules.items()},
         changes=(added, removed, kept),
+        may_remove=not hold,
     )
     subnets, subnet_present = _merge(
         _subnet_values(acls),
@@ -91,10 +93,13 @@ def plan_vault(vault: VaultState, entry: LedgerEntry, desired: Desired) -> Plan:
         owned=owned_sn,
         desired=dict(desired.subnets),
         changes=(added, removed, kept),
+        may_remove=True,
     )
     # Ours afterwards: every desired rule we had (or may have written) or are adding now.
+    held = (owned_ip & ip_present) - desired.ip_rules.keys() if hold else frozenset()
     owned = LedgerEntry(
-        ip_rules=frozenset(n for n in desired.ip_rules if n in owned_ip or n not in ip_present),
+        ip_rules=frozenset(n for n in desired.ip_rules if n in owned_ip or n not in ip_present)
+        | held,
         subnets=frozenset(k for k in desired.subnets if k in owned_sn or k not in subnet_present),
     )
     common = {
@@ -146,6 +151,7 @@ def _merge(
     owned: AbstractSet[Hashable],
     desired: Mapping[Hashable, tuple[str, str]],
     changes: tuple[list[Change], list[Change], list[Change]],
+    may_remove: bool,
 ) -> tuple[dict[Hashable, str], set[Hashable]]:
     """Merge one rule list (IP rules or subnets), appending to (added, removed, kept).
 
@@ -161,7 +167,7 @@ def _merge(
         if ident in present:
             continue  # the same network twice: send it once
         present.add(ident)
-        if ident in owned and ident not in desired:
+        if ident in owned and ident not in desired and may_remove:
             removed.append(Change(canonical(value, k), "added by kvfirewall, no longer wanted"))
             continue
         result[ident] = canonical(value, k)

@@ -20,6 +20,8 @@ from kvfirewall.rules import RuleError, public_ipv4_network, subnet_key
 from kvfirewall.settings import Settings
 
 TAG = "AzureDevOps"
+# Azure DevOps publishes /23 to /30 prefixes; a much wider one means a broken or forged source.
+SOURCE_WIDEST_PREFIX = 20
 
 
 class RangeSourceError(Exception):
@@ -48,13 +50,18 @@ class Snapshot:
 
     @classmethod
     def from_json(cls, data: Mapping) -> Snapshot:
-        return cls(
-            version=str(data["version"]),
-            source=str(data["source"]),
-            regions={
-                r: tuple(IPv4Network(p) for p in ps) for r, ps in dict(data["regions"]).items()
-            },
-        )
+        """Load a stored snapshot, validated as strictly as a fresh download (it may be old,
+        or tampered with); raises ValueError."""
+        version = str(data["version"])
+        if not version.isdigit():
+            raise ValueError(f"stored snapshot has no numeric version ({version!r})")
+        regions = {}
+        for region, prefixes in dict(data["regions"]).items():
+            networks = tuple(public_ipv4_network(str(p)) for p in prefixes)
+            if any(n.prefixlen < SOURCE_WIDEST_PREFIX for n in networks):
+                raise ValueError(f"stored snapshot has a prefix wider than /{SOURCE_WIDEST_PREFIX}")
+            regions[str(region)] = networks
+        return cls(version=version, source=str(data["source"]), regions=regions)
 
 
 def parse_service_tags(document: object, *, source: str) -> Snapshot:
@@ -76,7 +83,7 @@ def parse_service_tags(document: object, *, source: str) -> Snapshot:
         if not isinstance(name, str) or not isinstance(props, dict):
             continue
         if name == TAG:
-            version = str(props.get("changeNumber", ""))
+            version = _change_number(props.get("changeNumber"), source)
             continue
         if not name.startswith(TAG + "."):
             continue
@@ -99,6 +106,15 @@ def parse_service_tags(document: object, *, source: str) -> Snapshot:
     )
 
 
+def _change_number(value: object, source: str) -> str:
+    """The tag's version: an int in the file, a string in the API; a number either way,
+    because the guard orders versions."""
+    text = str(value).strip() if isinstance(value, (int, str)) else ""
+    if not text.isdigit():
+        raise RangeSourceError(f"{source}: the {TAG} tag has no numeric changeNumber ({value!r})")
+    return str(int(text))
+
+
 def _ipv4_prefix(raw: object, tag: str, warnings: list[str]) -> IPv4Network | None:
     if not isinstance(raw, str):
         warnings.append(f"{tag}: ignored non-string prefix {raw!r}")
@@ -109,10 +125,14 @@ def _ipv4_prefix(raw: object, tag: str, warnings: list[str]) -> IPv4Network | No
     except ValueError:
         pass
     try:
-        return public_ipv4_network(raw)
+        network = public_ipv4_network(raw)
     except RuleError as exc:
         warnings.append(f"{tag}: ignored prefix {exc}")
         return None
+    if network.prefixlen < SOURCE_WIDEST_PREFIX:
+        warnings.append(f"{tag}: ignored prefix {raw!r}, wider than /{SOURCE_WIDEST_PREFIX}")
+        return None
+    return network
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,7 +168,9 @@ def choose_snapshot(
     warnings: list[str] = []
     if fresh is not None:
         warnings.extend(fresh.warnings)
-        problem = _unusable(fresh, last_good, regions, max_loss_percent)
+        # With nothing stored yet (first run, or a lost snapshot) the builtin snapshot is the
+        # baseline: a first download is no more trusted than any other.
+        problem = _unusable(fresh, fallback, regions, max_loss_percent)
         if problem is None:
             before = last_good.prefixes if last_good else frozenset()
             after = fresh.prefixes
@@ -176,23 +198,19 @@ def choose_snapshot(
 
 
 def _unusable(
-    fresh: Snapshot, last: Snapshot | None, regions: tuple[str, ...], max_loss_percent: float
+    fresh: Snapshot, last: Snapshot, regions: tuple[str, ...], max_loss_percent: float
 ) -> str | None:
     """Why `fresh` must not replace `last`, or None. The AzureDevOps tag has only ever grown,
-    so any loss needs a newer changeNumber and must stay small."""
+    so any change needs a newer changeNumber, and a loss must stay small."""
     if not fresh.prefixes:
         return f"{fresh.source} has no IPv4 prefixes for {TAG}"
-    if last is None or not last.prefixes:
+    if not last.prefixes:
         return None
-    newer = _order(fresh.version, last.version)
-    if newer is not None and newer < 0:
+    if int(fresh.version) < int(last.version):
         return f"{fresh.source} version {fresh.version} is older than {last.version}"
     lost = last.prefixes - fresh.prefixes
-    if lost and fresh.version == last.version:
-        return (
-            f"{fresh.source} drops {len(lost)} prefixes without a new changeNumber "
-            f"(still {fresh.version})"
-        )
+    if fresh.version == last.version and fresh.prefixes != last.prefixes:
+        return f"{fresh.source} changes prefixes without a new changeNumber (still {fresh.version})"
     vanished = [r for r in regions if last.regions.get(r) and not fresh.regions.get(r)]
     if vanished:
         return f"{fresh.source} version {fresh.version} has no prefixes for {', '.join(vanished)}"
@@ -205,13 +223,6 @@ def _unusable(
     return None
 
 
-def _order(a: str, b: str) -> int | None:
-    """-1/0/1 comparing two changeNumbers, or None when they are not both numbers."""
-    if not (a.isdigit() and b.isdigit()):
-        return None
-    return (int(a) > int(b)) - (int(a) < int(b))
-
-
 @dataclass(frozen=True)
 class Desired:
     """The rules kvfirewall wants on every vault, each with the reason it is wanted."""
@@ -219,19 +230,25 @@ class Desired:
     ip_rules: Mapping[IPv4Network, str] = field(default_factory=dict)
     subnets: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # key -> (id, why)
     warnings: tuple[str, ...] = ()
+    # Configured regions the snapshot has no ranges for. While there are any (a typo, a region
+    # without the tag) the set is not trustworthy, so no IP rule kvfirewall owns is removed.
+    missing_regions: tuple[str, ...] = ()
 
 
 def desired_rules(settings: Settings, snapshot: Snapshot) -> Desired:
     """The configured geographies/regions resolved against a snapshot, plus the extra rules."""
     ip_rules: dict[IPv4Network, str] = {}
     warnings: list[str] = []
+    missing: list[str] = []
     geography_of = {r: g for g in settings.geographies for r in GEOGRAPHY_REGIONS[g]}
     for region in settings.all_regions:
         prefixes = snapshot.regions.get(region)
         if not prefixes:
+            missing.append(region)
             warnings.append(
                 f"no {TAG}.<Region> prefixes for region {region!r} in version "
-                f"{snapshot.version}; known regions: {', '.join(sorted(snapshot.regions))}"
+                f"{snapshot.version} (known: {', '.join(sorted(snapshot.regions))}); "
+                "no IP rule is removed until this is fixed"
             )
             continue
         why = f"{TAG} {region}" + (f" ({geography_of[region]})" if region in geography_of else "")
@@ -240,4 +257,9 @@ def desired_rules(settings: Settings, snapshot: Snapshot) -> Desired:
     for network in settings.extra_ip_rules:
         ip_rules.setdefault(network, "KVF_EXTRA_IP_RULES")
     subnets = {subnet_key(s): (s, "KVF_AGENT_SUBNETS") for s in settings.agent_subnets}
-    return Desired(ip_rules=ip_rules, subnets=subnets, warnings=tuple(warnings))
+    return Desired(
+        ip_rules=ip_rules,
+        subnets=subnets,
+        warnings=tuple(warnings),
+        missing_regions=tuple(missing),
+    )

@@ -46,7 +46,12 @@ def resolve_ranges(
     """Fetch the configured source and apply the guard; with `save`, store a new last good
     snapshot (dry runs don't: a preview must not move the guard's baseline)."""
     builtin = builtin_snapshot()
-    last_good = store.read_snapshot()
+    notes: list[str] = []
+    try:
+        last_good = store.read_snapshot()
+    except (ValueError, KeyError, TypeError) as exc:  # unreadable or tampered: not a baseline
+        last_good = None
+        notes.append(f"stored range snapshot ignored: {exc}")
     if not settings.all_regions:
         # Only subnets / extra rules configured: no reason to call (or need rights on) a source.
         return RangeDecision(snapshot=last_good or builtin, status="not-needed", save=False)
@@ -63,6 +68,8 @@ def resolve_ranges(
         regions=settings.all_regions,
         max_loss_percent=settings.max_range_loss_percent,
     )
+    if notes:
+        decision = dataclasses.replace(decision, warnings=(*notes, *decision.warnings))
     if save and decision.save:
         store.write_snapshot(decision.snapshot)
     if decision.added or decision.removed:

@@ -265,3 +265,13 @@ def test_properties_of_every_plan(state, entry, want):
 def test_vaults_with_public_access_disabled_are_never_written(entry, want):
     state = vault(["52.0.0.0/24"], pna="Disabled")
     assert plan_vault(state, entry, want).action == "skip"
+
+
+def test_while_a_configured_region_has_no_ranges_no_owned_ip_rule_is_removed():
+    entry = LedgerEntry(ip_rules=frozenset({WEU, NEU}))
+    incomplete = Desired(ip_rules={WEU: "test"}, missing_regions=("northeurop",))
+    plan = plan_vault(vault([str(WEU), str(NEU)]), entry, incomplete)
+    assert plan.action == "none"
+    assert plan.owned.ip_rules == {WEU, NEU}  # still ours, removed once the set is whole again
+    later = plan_vault(vault([str(WEU), str(NEU)]), plan.owned, desired(WEU))
+    assert [c.rule for c in later.removed] == [str(NEU)]

@@ -226,3 +226,55 @@ def test_an_empty_or_ipv6_only_tag_is_refused():
     decision = guard(parse_service_tags(doc, source="file"), None)
     assert decision.status == "builtin-fallback"
     assert "no IPv4 prefixes" in decision.warnings[-1]
+
+
+def test_a_first_download_is_guarded_against_the_builtin_snapshot():
+    # Nothing stored yet: an older, smaller document must not replace the shipped data.
+    decision = guard(parse_service_tags(JULY, source="file"), None)
+    assert decision.status == "builtin-fallback"
+    assert "older than 8" in decision.warnings[-1]
+    only_us = edited(
+        OCTOBER,
+        version=9,
+        drop=tuple(
+            v["name"]
+            for v in OCTOBER["values"]
+            if v["name"].startswith("AzureDevOps.") and "US" not in v["name"]
+        ),
+    )
+    assert guard(only_us, None).status == "builtin-fallback"
+
+
+def test_a_change_without_a_new_change_number_is_refused_even_if_it_only_adds():
+    last = parse_service_tags(OCTOBER, source="file")
+    grown = edited(OCTOBER, replace={"AzureDevOps.WestEurope": ["40.74.28.0/23", "52.0.0.0/22"]})
+    decision = guard(grown, last)
+    assert decision.snapshot is last
+    assert "without a new changeNumber" in decision.warnings[-1]
+
+
+def test_the_change_number_must_be_a_number():
+    doc = copy.deepcopy(OCTOBER)
+    del next(v for v in doc["values"] if v["name"] == "AzureDevOps")["properties"]["changeNumber"]
+    with pytest.raises(RangeSourceError, match="no numeric changeNumber"):
+        parse_service_tags(doc, source="x")
+
+
+def test_prefixes_wider_than_any_azure_devops_range_are_dropped():
+    snap = edited(OCTOBER, replace={"AzureDevOps.WestEurope": ["40.74.28.0/23", "52.0.0.0/16"]})
+    assert snap.regions["westeurope"] == (IPv4Network("40.74.28.0/23"),)
+    assert "wider than /20" in snap.warnings[0]
+
+
+@pytest.mark.parametrize(
+    "tampered",
+    [
+        {"version": "8", "source": "x", "regions": {"westeurope": ["0.0.0.0/0"]}},
+        {"version": "8", "source": "x", "regions": {"westeurope": ["10.0.0.0/8"]}},
+        {"version": "8", "source": "x", "regions": {"westeurope": ["52.0.0.0/16"]}},
+        {"version": "", "source": "x", "regions": {}},
+    ],
+)
+def test_a_stored_snapshot_is_validated_like_a_download(tampered):
+    with pytest.raises(ValueError):
+        Snapshot.from_json(tampered)

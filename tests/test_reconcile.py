@@ -607,3 +607,26 @@ def test_a_signed_source_url_is_reported_without_its_token(emulator, estate, run
     report = run(write=False)
     assert "S3CRET" not in json.dumps(report.to_json())
     assert report.source["setting"] == f"{emulator.url}/tags.json?…"
+
+
+def test_a_typo_in_the_regions_removes_nothing(emulator, estate, run, monkeypatch):
+    run()
+    sweden = IPv4Network("20.91.148.128/25")
+    assert sweden in nets(emulator, estate["bare"])
+    monkeypatch.setenv("KVF_ADO_REGIONS", "swedencentrl")
+    report = run()
+    assert sweden in nets(emulator, estate["bare"])
+    assert any("swedencentrl" in w and "no IP rule is removed" in w for w in report.warnings)
+
+
+def test_a_tampered_stored_snapshot_is_ignored(emulator, estate, run, tmp_path):
+    run()
+    snapshot = tmp_path / "state" / "ranges" / "last-good.json"
+    snapshot.write_text(
+        json.dumps({"version": "99", "source": "x", "regions": {"westeurope": ["0.0.0.0/0"]}})
+    )
+    emulator.set_service_tags({"changeNumber": 1, "cloud": "Public", "values": []})  # broken
+    report = run()
+    assert report.source["status"] == "builtin-fallback"
+    assert any("stored range snapshot ignored" in w for w in report.warnings)
+    assert IPv4Network("0.0.0.0/0") not in nets(emulator, estate["bare"])
