@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -26,6 +27,11 @@ from kvfirewall.settings import StateLocation
 TABLE_NAME = "kvfirewallledger"
 CONTAINER_NAME = "kvfirewall"
 SNAPSHOT_BLOB = "ranges/last-good.json"
+# Storage that is down should fail a run in seconds, not after the SDKs' minutes of backoff:
+# the next run (or Event Grid's redelivery) is the better retry.
+TABLE_OPTIONS = {"retry_total": 2, "retry_backoff_factor": 0.5, "connection_timeout": 10}
+BLOB_OPTIONS = {"retry_total": 2, "initial_backoff": 1, "increment_base": 2,
+                "random_jitter_range": 1, "connection_timeout": 10}  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,28 +162,35 @@ class AzureStore:
             credential = DefaultAzureCredential(
                 managed_identity_client_id=location.client_id or None
             )
-            tables = TableServiceClient(endpoint=location.table_url, credential=credential)
-            blobs = BlobServiceClient(account_url=location.value, credential=credential)
+            tables = TableServiceClient(
+                endpoint=location.table_url, credential=credential, **TABLE_OPTIONS
+            )
+            blobs = BlobServiceClient(
+                account_url=location.value, credential=credential, **BLOB_OPTIONS
+            )
         else:
-            tables = TableServiceClient.from_connection_string(location.value)
-            blobs = BlobServiceClient.from_connection_string(location.value)
+            tables = TableServiceClient.from_connection_string(location.value, **TABLE_OPTIONS)
+            blobs = BlobServiceClient.from_connection_string(location.value, **BLOB_OPTIONS)
         self._table = tables.get_table_client(table)
         self._container = blobs.get_container_client(container)
-        self._ready = False
 
     def describe(self) -> str:
         return self._location.describe()
 
-    def _ensure(self) -> None:
-        """Create the table and container on first use (idempotent; cheap after the first run)."""
-        if self._ready:
-            return
-        from azure.core.exceptions import ResourceExistsError
+    def _created(self, write: Callable[[], object]) -> None:
+        """Run a write, creating the table and container the first time one is missing.
 
-        for create in (self._table.create_table, self._container.create_container):
-            with contextlib.suppress(ResourceExistsError):
-                create()
-        self._ready = True
+        Reads never create anything, so a dry run works with read-only storage rights.
+        """
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+        try:
+            write()
+        except ResourceNotFoundError:
+            for create in (self._table.create_table, self._container.create_container):
+                with contextlib.suppress(ResourceExistsError):
+                    create()
+            write()
 
     @staticmethod
     def _partition(vault_key: str) -> str:
@@ -187,43 +200,38 @@ class AzureStore:
     def read_entry(self, vault_key: str) -> LedgerEntry:
         from azure.core.exceptions import ResourceNotFoundError
 
-        self._ensure()
         try:
             entity = self._table.get_entity(self._partition(vault_key), _row_key(vault_key))
-        except ResourceNotFoundError:
+        except ResourceNotFoundError:  # no entity, or no table yet
             return LedgerEntry()
         return LedgerEntry.from_json(json.loads(entity["Entry"]))
 
     def write_entry(self, vault_key: str, entry: LedgerEntry) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        self._ensure()
         partition, row = self._partition(vault_key), _row_key(vault_key)
         if not entry:
-            self._table.delete_entity(partition, row)
+            with contextlib.suppress(ResourceNotFoundError):
+                self._table.delete_entity(partition, row)
             return
-        self._table.upsert_entity(
-            {
-                "PartitionKey": partition,
-                "RowKey": row,
-                "VaultId": vault_key,
-                "Entry": json.dumps(entry.to_json(), separators=(",", ":")),
-            },
-            mode=UpdateMode.REPLACE,
-        )
+        entity = {
+            "PartitionKey": partition,
+            "RowKey": row,
+            "VaultId": vault_key,
+            "Entry": json.dumps(entry.to_json(), separators=(",", ":")),
+        }
+        self._created(lambda: self._table.upsert_entity(entity, mode=UpdateMode.REPLACE))
 
     def read_snapshot(self) -> Snapshot | None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        self._ensure()
         try:
             data = self._container.download_blob(SNAPSHOT_BLOB).readall()
-        except ResourceNotFoundError:
+        except ResourceNotFoundError:  # no blob, or no container yet
             return None
         return Snapshot.from_json(json.loads(data))
 
     def write_snapshot(self, snapshot: Snapshot) -> None:
-        self._ensure()
-        self._container.upload_blob(
-            SNAPSHOT_BLOB, json.dumps(snapshot.to_json(), indent=1), overwrite=True
-        )
+        text = json.dumps(snapshot.to_json(), indent=1)
+        self._created(lambda: self._container.upload_blob(SNAPSHOT_BLOB, text, overwrite=True))

@@ -70,11 +70,11 @@ class StateLocation:
         if self.kind == "local":
             return f"directory {self.value}"
         if self.kind == "identity":
-            return f"storage {urlsplit(self.value).hostname} (managed identity)"
+            return f"storage {redact_url(self.value)} (managed identity)"
         fields = _connection_fields(self.value)
         if fields.get("usedevelopmentstorage", "").lower() == "true":
             return "Azurite (development storage)"
-        account = fields.get("accountname") or urlsplit(fields.get("blobendpoint", "")).hostname
+        account = fields.get("accountname") or redact_url(fields.get("blobendpoint", ""))
         return f"storage account {account or '(unnamed)'}"
 
 
@@ -215,12 +215,10 @@ def _parse_ip_source(value: str) -> str:
     lowered = value.lower()
     if lowered in ("api", "builtin"):
         return lowered
-    scheme = urlsplit(value).scheme.lower()
+    scheme = value.partition(":")[0].lower() if "://" in value else ""
     if scheme == "https":
-        if not urlsplit(value).hostname:
-            raise SettingsError(f"KVF_IP_SOURCE: {redact_url(value)!r} is not a valid https URL")
-        return value
-    if scheme in ("http", "ftp", "file"):
+        return _https_url("KVF_IP_SOURCE", value, query_allowed=True)
+    if scheme:
         raise SettingsError(
             f"KVF_IP_SOURCE: {redact_url(value)!r} is not allowed; "
             "use api, builtin, an https URL or a file path"
@@ -230,7 +228,8 @@ def _parse_ip_source(value: str) -> str:
     except (OSError, ValueError):
         exists = False
     if not exists:
-        shown = value if len(value) <= 200 else value[:200] + "…"
+        shown = redact_url(value)
+        shown = shown if len(shown) <= 200 else shown[:200] + "…"
         raise SettingsError(
             f"KVF_IP_SOURCE: {shown!r} is not api, builtin, an https URL or an existing file"
         )
@@ -255,13 +254,28 @@ def _parse_mode(value: str) -> str:
 
 
 def _parse_arm_endpoint(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme.lower() != "https" or not parts.hostname or parts.query or parts.fragment:
-        raise SettingsError(
-            f"KVF_ARM_ENDPOINT: {value!r} is not an https base URL "
-            "(e.g. https://management.azure.com)"
-        )
-    return value.rstrip("/")
+    return _https_url("KVF_ARM_ENDPOINT", value, query_allowed=False).rstrip("/")
+
+
+def _https_url(setting: str, value: str, *, query_allowed: bool) -> str:
+    """An https URL with a host and a valid port, and no user info (credentials belong in
+    the credential, not in a URL that ends up in logs)."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        parts, port = None, -1
+    if parts is None or port == 0 or port == -1:
+        problem = "is not a valid URL"
+    elif parts.scheme.lower() != "https" or not parts.hostname:
+        problem = "is not an https URL"
+    elif parts.username is not None:
+        problem = "must not carry a user name or password"
+    elif parts.fragment or (parts.query and not query_allowed):
+        problem = "must not have a query string or fragment"
+    else:
+        return value
+    raise SettingsError(f"{setting}: {redact_url(value)!r} {problem}")
 
 
 def _parse_percent(value: str) -> float:
@@ -347,9 +361,7 @@ def _identity_storage(env: Mapping[str, str]) -> StateLocation | None:
     for name, url in (("blobServiceUri", blob), ("tableServiceUri", table)):
         if not url:
             raise SettingsError(f"{prefix}{name}: required for the kvfirewall ledger")
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname or parts.query:
-            raise SettingsError(f"{prefix}{name}: {redact_url(url)!r} is not an https URL")
+        _https_url(prefix + name, url, query_allowed=False)
     if client_id and not SUBSCRIPTION_RE.match(client_id):
         raise SettingsError(f"{prefix}clientId: {client_id!r} is not a client id (a GUID)")
     return StateLocation(kind="identity", value=blob, table_url=table, client_id=client_id)
@@ -358,11 +370,12 @@ def _identity_storage(env: Mapping[str, str]) -> StateLocation | None:
 def redact_url(url: str) -> str:
     """A URL fit for logs and reports: no user info, query string or fragment (SAS tokens).
     Anything that is not a URL (api, builtin, a path) is returned as it is."""
-    parts = urlsplit(url)
-    if not (parts.scheme and parts.netloc):
+    if "://" not in url:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    hidden = "?…" if parts.query or parts.fragment else ""
-    return f"{parts.scheme}://{host}{parts.path}{hidden}"
+    scheme, _, rest = url.partition("://")
+    base, sep, _ = rest.partition("?")
+    base, hash_sep, _ = base.partition("#")
+    authority, slash, path = base.partition("/")
+    host = authority.rpartition("@")[2]  # user info, if any, is dropped
+    hidden = "?…" if sep or hash_sep else ""
+    return f"{scheme}://{host}{slash}{path}{hidden}"

@@ -55,3 +55,23 @@ def test_local_writes_are_atomic_files(tmp_path):
     store.write_entry(VAULT, ENTRY)
     files = list((tmp_path / "ledger").iterdir())
     assert len(files) == 1 and not files[0].name.startswith(".tmp")
+
+
+def test_reading_azure_storage_creates_nothing(azurite):
+    from azure.data.tables import TableServiceClient
+    from azure.storage.blob import BlobServiceClient
+
+    name = "kvf" + uuid.uuid4().hex[:12]
+    store = AzureStore(
+        StateLocation(kind="connection-string", value=azurite), table=name, container=name
+    )
+    assert store.read_entry(VAULT) == LedgerEntry()
+    assert store.read_snapshot() is None
+    store.write_entry(VAULT, LedgerEntry())
+    tables = {t.name for t in TableServiceClient.from_connection_string(azurite).list_tables()}
+    containers = {
+        c.name for c in BlobServiceClient.from_connection_string(azurite).list_containers()
+    }
+    assert name not in tables and name not in containers
+    store.write_entry(VAULT, ENTRY)  # the first real write creates what it needs
+    assert store.read_entry(VAULT) == ENTRY

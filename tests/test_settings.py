@@ -112,6 +112,14 @@ def test_a_secret_in_the_ip_source_url_is_never_echoed():
             "AzureWebJobsStorage__blobServiceUri: 'http://a.blob.core.windows.net' is not an https",
         ),
         ({"AzureWebJobsStorage__accountName": "Bad_Name"}, "'Bad_Name' is not a storage account"),
+        ({"KVF_IP_SOURCE": "https://[x"}, "KVF_IP_SOURCE: 'https://[x' is not a valid URL"),
+        (
+            {"KVF_IP_SOURCE": "https://h:99999/t.json"},
+            "'https://h:99999/t.json' is not a valid URL",
+        ),
+        ({"KVF_ARM_ENDPOINT": "https://[x"}, "KVF_ARM_ENDPOINT: 'https://[x' is not a valid URL"),
+        ({"KVF_ARM_ENDPOINT": "https://u:pw@management.azure.com"}, "must not carry a user name"),
+        ({"KVF_ARM_ENDPOINT": "https://management.azure.com/?x=1"}, "must not have a query string"),
     ],
 )
 def test_bad_values_are_named_in_one_message(values, expected):
@@ -149,3 +157,20 @@ def test_every_documented_setting_is_read(monkeypatch):
     assert set(changed) == set(SETTINGS)
     for name, value in changed.items():
         assert load(**{name: value}) != base, name
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("KVF_IP_SOURCE", "htps://host/t.json?sig=S3CRET"),
+        ("KVF_IP_SOURCE", "https://[x?sig=S3CRET"),
+        ("KVF_ARM_ENDPOINT", "https://management.azure.com/?sig=S3CRET"),
+        ("KVF_ARM_ENDPOINT", "https://user:S3CRET@management.azure.com"),
+        ("AzureWebJobsStorage__blobServiceUri", "https://a.blob.core.windows.net/?sig=S3CRET"),
+    ],
+)
+def test_no_error_message_echoes_a_secret(name, value):
+    with pytest.raises(SettingsError) as caught:
+        load(**{name: value})
+    assert "S3CRET" not in str(caught.value)
+    assert str(caught.value).startswith(name)
