@@ -57,6 +57,47 @@ def weu_moved() -> dict:
     return doc
 
 
+def crash_after_writes(monkeypatch):
+    """Make every write land and then the process die before the ledger update."""
+    original = Arm.update_network_acls
+
+    def write_then_crash(self, ref, network_acls):
+        original(self, ref, network_acls)
+        raise RuntimeError("process died before the ledger update")
+
+    monkeypatch.setattr(Arm, "update_network_acls", write_then_crash)
+    return original
+
+
+def after_listing(monkeypatch, change) -> None:
+    """Let `change` happen between the listing of SUB_A and the writes (a race)."""
+    original = Arm.list_vaults
+
+    def list_then_change(self, subscription):
+        listed = list(original(self, subscription))
+        if subscription == SUB_A:
+            change()
+        yield from listed
+
+    monkeypatch.setattr(Arm, "list_vaults", list_then_change)
+
+
+def team_adds_west_europe(emulator) -> None:
+    """The vault's team sets its own firewall, holding the West Europe range themselves."""
+    emulator.add_vault(
+        SUB_A,
+        "apps",
+        "kv-bare",
+        tags=TAG,
+        network_acls={
+            "defaultAction": "Deny",
+            "bypass": "AzureServices",
+            "ipRules": [{"value": str(WEU)}],
+            "virtualNetworkRules": [],
+        },
+    )
+
+
 @pytest.fixture
 def estate(emulator):
     """A mixed estate: every kind of vault the product meets."""
@@ -281,17 +322,13 @@ def test_a_rule_added_after_the_listing_survives_because_writes_reread(
     emulator, estate, run, monkeypatch
 ):
     """Someone edits a vault between our list and our write: their rule must not be lost."""
-    original = Arm.list_vaults
 
-    def list_then_someone_edits(self, subscription):
-        listed = list(original(self, subscription))
-        if subscription == SUB_A:
-            current = acls(emulator, estate["locked"])
-            current["ipRules"].append({"value": "203.0.113.77"})
-            emulator.add_vault(SUB_A, "apps", "kv-locked", tags=TAG, network_acls=current)
-        yield from listed
+    def someone_edits():
+        current = acls(emulator, estate["locked"])
+        current["ipRules"].append({"value": "203.0.113.77"})
+        emulator.add_vault(SUB_A, "apps", "kv-locked", tags=TAG, network_acls=current)
 
-    monkeypatch.setattr(Arm, "list_vaults", list_then_someone_edits)
+    after_listing(monkeypatch, someone_edits)
     run()
     assert IPv4Network("203.0.113.77/32") in nets(emulator, estate["locked"])
     assert WEU in nets(emulator, estate["locked"])
@@ -300,13 +337,7 @@ def test_a_rule_added_after_the_listing_survives_because_writes_reread(
 def test_a_crash_between_the_write_and_the_ledger_update_strands_no_rule(
     emulator, estate, run, monkeypatch
 ):
-    original = Arm.update_network_acls
-
-    def write_then_crash(self, ref, network_acls):
-        original(self, ref, network_acls)
-        raise RuntimeError("process died before the ledger update")
-
-    monkeypatch.setattr(Arm, "update_network_acls", write_then_crash)
+    original = crash_after_writes(monkeypatch)
     crashed = run(vault=estate["bare"])
     assert crashed.vaults[0].outcome == "failed"
     assert WEU in nets(emulator, estate["bare"])  # the write landed
@@ -382,18 +413,7 @@ def test_a_rejected_write_claims_nothing(emulator, estate, run, tmp_path):
     ledger = LocalStore(tmp_path / "state").read_entry(estate["bare"].lower())
     assert ledger == LedgerEntry()
     # The team then adds the ranges themselves: they stay theirs when Azure drops one.
-    emulator.add_vault(
-        SUB_A,
-        "apps",
-        "kv-bare",
-        tags=TAG,
-        network_acls={
-            "defaultAction": "Deny",
-            "bypass": "AzureServices",
-            "ipRules": [{"value": str(WEU)}],
-            "virtualNetworkRules": [],
-        },
-    )
+    team_adds_west_europe(emulator)
     run(vault=estate["bare"])
     emulator.set_service_tags(weu_moved())
     run(vault=estate["bare"])
@@ -414,13 +434,7 @@ def test_a_write_the_service_did_not_reflect_fails_and_claims_only_what_is_there
 def test_after_a_crash_the_next_run_confirms_ownership_without_writing(
     emulator, estate, run, monkeypatch, tmp_path
 ):
-    original = Arm.update_network_acls
-
-    def write_then_crash(self, ref, network_acls):
-        original(self, ref, network_acls)
-        raise RuntimeError("process died before the ledger update")
-
-    monkeypatch.setattr(Arm, "update_network_acls", write_then_crash)
+    original = crash_after_writes(monkeypatch)
     run(vault=estate["bare"])
     monkeypatch.setattr(Arm, "update_network_acls", original)
     emulator.clear_log()
@@ -438,15 +452,7 @@ def test_only_the_configured_tag_value_is_in_scope(emulator, estate, run):
 
 
 def test_a_vault_untagged_between_list_and_write_is_left_alone(emulator, estate, run, monkeypatch):
-    original = Arm.list_vaults
-
-    def list_then_untag(self, subscription):
-        listed = list(original(self, subscription))
-        if subscription == SUB_A:
-            emulator.add_vault(SUB_A, "apps", "kv-bare", tags={})
-        yield from listed
-
-    monkeypatch.setattr(Arm, "list_vaults", list_then_untag)
+    after_listing(monkeypatch, lambda: emulator.add_vault(SUB_A, "apps", "kv-bare", tags={}))
     report = run()
     bare = next(v for v in report.vaults if v.id.endswith("kv-bare"))
     assert (bare.outcome, bare.reason) == ("skipped", "left scope meanwhile")
@@ -532,18 +538,7 @@ def test_a_vault_created_again_under_the_same_id_inherits_no_ownership(emulator,
     run(vault=estate["bare"])
     emulator.delete_vault(estate["bare"])
     time.sleep(0.01)
-    emulator.add_vault(
-        SUB_A,
-        "apps",
-        "kv-bare",
-        tags=TAG,
-        network_acls={
-            "defaultAction": "Deny",
-            "bypass": "AzureServices",
-            "ipRules": [{"value": str(WEU)}],
-            "virtualNetworkRules": [],
-        },
-    )
+    team_adds_west_europe(emulator)
     run(vault=estate["bare"])
     emulator.set_service_tags(weu_moved())
     run(vault=estate["bare"])
@@ -554,16 +549,8 @@ def test_a_deleted_vault_loses_its_ledger_entry(emulator, estate, run, tmp_path,
     run(vault=estate["bare"])
     store = LocalStore(tmp_path / "state")
     assert store.read_entry(estate["bare"].lower())
-    original = Arm.list_vaults
-
-    def list_then_delete(self, subscription):
-        listed = list(original(self, subscription))
-        if subscription == SUB_A:
-            emulator.delete_vault(estate["bare"])
-        yield from listed
-
     emulator.set_service_tags(weu_moved())
-    monkeypatch.setattr(Arm, "list_vaults", list_then_delete)
+    after_listing(monkeypatch, lambda: emulator.delete_vault(estate["bare"]))
     bare = next(v for v in run().vaults if v.id.endswith("kv-bare"))
     assert (bare.outcome, bare.reason) == ("skipped", "vault deleted meanwhile")
     assert store.read_entry(estate["bare"].lower()) == LedgerEntry()
@@ -587,13 +574,7 @@ def test_a_vault_deleted_between_read_and_write_is_skipped(emulator, estate, run
 def test_a_dry_run_after_a_crash_leaves_the_ledger_as_it_was(
     emulator, estate, run, monkeypatch, tmp_path
 ):
-    original = Arm.update_network_acls
-
-    def write_then_crash(self, ref, network_acls):
-        original(self, ref, network_acls)
-        raise RuntimeError("process died before the ledger update")
-
-    monkeypatch.setattr(Arm, "update_network_acls", write_then_crash)
+    crash_after_writes(monkeypatch)
     run(vault=estate["bare"])
     path = next((tmp_path / "state" / "ledger").iterdir())
     before = path.read_text()
