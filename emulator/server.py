@@ -500,29 +500,22 @@ class Emulator:
                 body_error = True
 
         response = self._route(method, path, query, lower_headers, body, body_error)
+        if self._take_fault(method, path, self._lost) is not None:
+            response.drop = True
         with self._lock:
-            lost = next(
-                (f for f in self._lost if f.method in ("*", method) and f.pattern.search(path)),
-                None,
-            )
-            if lost is not None:
-                lost.remaining -= 1
-                if lost.remaining <= 0:
-                    self._lost.remove(lost)
-                response.drop = True
-
             self._requests.append(
                 Recorded(method, path, query, lower_headers, body, response.status)
             )
         return response
 
-    def _take_fault(self, method: str, path: str) -> _Fault | None:
+    def _take_fault(self, method: str, path: str, faults: list[_Fault]) -> _Fault | None:
+        """The first armed fault of `faults` matching this request, used up by one."""
         with self._lock:
-            for fault in self._faults:
+            for fault in faults:
                 if fault.method in ("*", method) and fault.pattern.search(path):
                     fault.remaining -= 1
                     if fault.remaining <= 0:
-                        self._faults.remove(fault)
+                        faults.remove(fault)
                     return fault
         return None
 
@@ -565,7 +558,7 @@ class Emulator:
                 else:
                     self._writes += 1
 
-        fault = self._take_fault(method, path)
+        fault = self._take_fault(method, path, self._faults)
         if fault is not None:
             return self._fault_response(fault)
         if not is_arm:

@@ -589,3 +589,17 @@ def test_reset_forgets_state_but_keeps_tokens(emulator: Emulator) -> None:
         emulator.add_vault(
             SUB, "rg", "kv-x", network_acls={"virtualNetworkRules": [{"id": SUBNET}]}
         )
+
+
+def test_a_lost_response_applies_the_write_then_drops_the_connection(emulator, client):
+    from azure.core.exceptions import ServiceResponseError
+
+    vault_id = emulator.add_vault(SUB, "rg", "kv-lost")
+    emulator.lose_response("PATCH", "kv-lost")
+    with pytest.raises(ServiceResponseError):
+        client.vaults.update(
+            "rg", "kv-lost", {"properties": {"publicNetworkAccess": "Disabled"}}, retry_total=0
+        )
+    assert emulator.vault(vault_id)["properties"]["publicNetworkAccess"] == "Disabled"
+    client.vaults.update("rg", "kv-lost", {"properties": {"publicNetworkAccess": "Enabled"}})
+    assert emulator.vault(vault_id)["properties"]["publicNetworkAccess"] == "Enabled"
