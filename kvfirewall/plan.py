@@ -78,7 +78,7 @@ def plan_vault(vault: VaultState, entry: LedgerEntry, desired: Desired) -> Plan:
     owned_sn = entry.subnets | entry.pending_subnets
     hold = bool(desired.missing_regions)  # an incomplete desired set removes nothing
     ip_rules, ip_present = _merge(
-        _ip_values(acls),
+        ip_values(acls),
         key=current_ip_network,
         canonical=lambda value, net: str(net) if net is not None else value,
         owned=owned_ip,
@@ -87,7 +87,7 @@ def plan_vault(vault: VaultState, entry: LedgerEntry, desired: Desired) -> Plan:
         may_remove=not hold,
     )
     subnets, subnet_present = _merge(
-        _subnet_values(acls),
+        subnet_values(acls),
         key=subnet_key,
         canonical=lambda value, _key: value,
         owned=owned_sn,
@@ -180,9 +180,11 @@ def _merge(
     return result, present
 
 
-def _ip_values(acls: Mapping) -> list[str]:
+def ip_values(acls: Mapping) -> list[str]:
+    """The values of a networkAcls' IP rules, as written (`1.2.3.4` or `1.2.3.4/32`)."""
     return [r["value"] for r in acls.get("ipRules") or () if isinstance(r.get("value"), str)]
 
 
-def _subnet_values(acls: Mapping) -> list[str]:
+def subnet_values(acls: Mapping) -> list[str]:
+    """The subnet ids of a networkAcls' virtual network rules, as written."""
     return [r["id"] for r in acls.get("virtualNetworkRules") or () if isinstance(r.get("id"), str)]

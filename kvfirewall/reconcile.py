@@ -16,11 +16,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from kvfirewall.ledger import LedgerEntry, StateStore
-from kvfirewall.plan import Plan, VaultState, plan_vault
+from kvfirewall.plan import Plan, VaultState, ip_values, plan_vault, subnet_values
 from kvfirewall.ranges import (
     Desired,
     RangeDecision,
@@ -292,7 +292,7 @@ def _settled(entry: LedgerEntry, state: VaultState) -> LedgerEntry:
     """
     if entry.generation and state.created_at and entry.generation != state.created_at:
         entry = LedgerEntry()
-    nets, subnets = _present(state)
+    nets, subnets = _present(state.network_acls)
     return LedgerEntry(
         ip_rules=entry.ip_rules | (entry.pending_ip_rules & nets),
         subnets=entry.subnets | (entry.pending_subnets & subnets),
@@ -300,12 +300,12 @@ def _settled(entry: LedgerEntry, state: VaultState) -> LedgerEntry:
     )
 
 
-def _present(state: VaultState) -> tuple[set, set[str]]:
-    """The networks and subnet keys a vault holds."""
-    acls = state.network_acls or {}
-    nets = {current_ip_network(r.get("value", "")) for r in acls.get("ipRules") or ()}
-    subnets = {subnet_key(r.get("id", "")) for r in acls.get("virtualNetworkRules") or ()}
-    return nets, subnets
+def _present(acls: Mapping | None) -> tuple[set, set[str]]:
+    """The networks and subnet keys a networkAcls holds."""
+    acls = acls or {}
+    return {current_ip_network(v) for v in ip_values(acls)}, set(
+        map(subnet_key, subnet_values(acls))
+    )
 
 
 def _confirmed(pending: LedgerEntry, after: VaultState) -> LedgerEntry:
@@ -314,7 +314,7 @@ def _confirmed(pending: LedgerEntry, after: VaultState) -> LedgerEntry:
     On a complete write this is exactly the plan's ownership; on a partial one it claims
     nothing that is not there and forgets nothing that still is.
     """
-    nets, subnets = _present(after)
+    nets, subnets = _present(after.network_acls)
     return LedgerEntry(
         ip_rules=(pending.ip_rules | pending.pending_ip_rules) & nets,
         subnets=(pending.subnets | pending.pending_subnets) & subnets,
@@ -324,11 +324,10 @@ def _confirmed(pending: LedgerEntry, after: VaultState) -> LedgerEntry:
 
 def _missing(plan: Plan, after: VaultState) -> list[str]:
     """Planned rules absent from the vault the PATCH returned."""
-    nets, subnets = _present(after)
+    nets, subnets = _present(after.network_acls)
     sent = plan.network_acls or {}
-    missing = [r["value"] for r in sent["ipRules"] if current_ip_network(r["value"]) not in nets]
-    missing += [r["id"] for r in sent["virtualNetworkRules"] if subnet_key(r["id"]) not in subnets]
-    return missing
+    missing = [v for v in ip_values(sent) if current_ip_network(v) not in nets]
+    return missing + [v for v in subnet_values(sent) if subnet_key(v) not in subnets]
 
 
 def _result(plan: Plan, outcome: str, *, error: str | None = None) -> VaultResult:

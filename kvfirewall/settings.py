@@ -28,8 +28,7 @@ from kvfirewall.rules import (
 MODES = ("audit", "enforce")
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 DEFAULT_LOCAL_STATE = "./.kvfirewall"
-_REGION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}\Z")
-_LOCATION_RE = _REGION_RE
+_REGION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}\Z")  # also the Discovery API location
 _TAG_NAME_RE = re.compile(r"^[^<>%&\\?/]{1,512}$")
 
 # name -> (meaning, default shown to people); the product's interface, also read by the docs tests.
@@ -199,7 +198,7 @@ def _parse_region(value: str) -> str:
 
 def _parse_location(value: str) -> str:
     location = value.replace(" ", "").lower()
-    if not _LOCATION_RE.match(location):
+    if not _REGION_RE.match(location):
         raise SettingsError(f"KVF_SERVICE_TAG_LOCATION: {value!r} is not an Azure region name")
     return location
 

@@ -7,6 +7,7 @@ because this document decides what may reach every vault.
 
 from __future__ import annotations
 
+import functools
 import json
 from importlib import resources
 from pathlib import Path
@@ -26,8 +27,11 @@ class ServiceTagsApi(Protocol):
     def service_tags(self, location: str) -> dict: ...
 
 
+@functools.cache
 def builtin_snapshot() -> Snapshot:
-    """The AzureDevOps entries of the 2025-10-28 public file, shipped with the package."""
+    """The AzureDevOps entries of the 2025-10-28 public file, shipped with the package.
+
+    Parsed once per process: every run needs it as the guard's first baseline."""
     text = resources.files("kvfirewall").joinpath("data", BUILTIN_FILE).read_text()
     return parse_service_tags(json.loads(text), source="builtin")
 
