@@ -98,6 +98,22 @@ def team_adds_west_europe(emulator) -> None:
     )
 
 
+def ledger_of(tmp_path, vault_id: str) -> LedgerEntry:
+    """What the run's local ledger holds for a vault."""
+    return LocalStore(tmp_path / "state").read_entry(vault_id.lower())
+
+
+def refuse_next_write(emulator, vault_name: str) -> None:
+    """The next PATCH of the vault is refused for good (403): it surely did not land."""
+    emulator.fail(
+        "PATCH",
+        vault_name,
+        403,
+        times=1,
+        body={"error": {"code": "AuthorizationFailed", "message": "no"}},
+    )
+
+
 @pytest.fixture
 def estate(emulator):
     """A mixed estate: every kind of vault the product meets."""
@@ -388,15 +404,9 @@ def test_a_conflicting_write_in_progress_is_waited_out_and_its_rule_kept(
 
 
 def test_a_rejected_write_claims_nothing(emulator, estate, run, tmp_path):
-    emulator.fail(
-        "PATCH",
-        "kv-bare",
-        403,
-        times=1,
-        body={"error": {"code": "AuthorizationFailed", "message": "no"}},
-    )
+    refuse_next_write(emulator, "kv-bare")
     assert [v.outcome for v in run(vault=estate["bare"]).vaults] == ["failed"]
-    ledger = LocalStore(tmp_path / "state").read_entry(estate["bare"].lower())
+    ledger = ledger_of(tmp_path, estate["bare"])
     assert ledger == LedgerEntry()
     # The team then adds the ranges themselves: they stay theirs when Azure drops one.
     team_adds_west_europe(emulator)
@@ -414,7 +424,7 @@ def test_a_write_the_service_did_not_reflect_fails_and_claims_only_what_is_there
     report = run(vault=estate["bare"])
     assert report.vaults[0].outcome == "failed"
     assert "write not reflected" in report.vaults[0].error
-    assert LocalStore(tmp_path / "state").read_entry(estate["bare"].lower()) == LedgerEntry()
+    assert ledger_of(tmp_path, estate["bare"]) == LedgerEntry()
 
 
 def test_after_a_crash_the_next_run_confirms_ownership_without_writing(
@@ -427,7 +437,7 @@ def test_after_a_crash_the_next_run_confirms_ownership_without_writing(
 
     assert [v.outcome for v in run(vault=estate["bare"]).vaults] == ["unchanged"]
     assert emulator.writes == 0
-    entry = LocalStore(tmp_path / "state").read_entry(estate["bare"].lower())
+    entry = ledger_of(tmp_path, estate["bare"])
     assert WEU in entry.ip_rules and not entry.pending_ip_rules
 
 
@@ -479,7 +489,7 @@ def test_a_write_that_landed_without_an_answer_is_confirmed_by_the_next_read(
     report = run(vault=estate["bare"])
     assert [v.outcome for v in report.vaults] == ["updated"]
     assert report.vaults[0].added and len(calls) == 1
-    entry = LocalStore(tmp_path / "state").read_entry(estate["bare"].lower())
+    entry = ledger_of(tmp_path, estate["bare"])
     assert WEU in entry.ip_rules and not entry.pending_ip_rules
 
 
@@ -488,21 +498,15 @@ def test_a_lost_response_is_settled_by_the_next_read(emulator, estate, run, tmp_
     report = run(vault=estate["bare"])
     assert [v.outcome for v in report.vaults] == ["updated"]
     assert [r.method for r in emulator.requests if r.method != "GET"] == ["PATCH"]
-    entry = LocalStore(tmp_path / "state").read_entry(estate["bare"].lower())
+    entry = ledger_of(tmp_path, estate["bare"])
     assert WEU in entry.ip_rules and not entry.pending_ip_rules
 
 
 def test_a_server_error_then_a_refusal_claims_nothing(emulator, estate, run, tmp_path):
     emulator.fail("PATCH", "kv-bare", 503, times=1)
-    emulator.fail(
-        "PATCH",
-        "kv-bare",
-        403,
-        times=1,
-        body={"error": {"code": "AuthorizationFailed", "message": "no"}},
-    )
+    refuse_next_write(emulator, "kv-bare")
     assert [v.outcome for v in run(vault=estate["bare"]).vaults] == ["failed"]
-    entry = LocalStore(tmp_path / "state").read_entry(estate["bare"].lower())
+    entry = ledger_of(tmp_path, estate["bare"])
     assert not (entry.ip_rules | entry.pending_ip_rules | entry.subnets | entry.pending_subnets)
 
 
