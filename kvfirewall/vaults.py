@@ -1,10 +1,13 @@
 """The Azure Resource Manager adapter: list, read and PATCH vaults; read service tags.
 
-Thin on purpose: it turns SDK objects into `VaultState` and back and counts calls. Reads use
-azure-core's retry. Writes do not: azure-core would retry a PATCH only on 500/503/504 or with
-Retry-After, and would re-send the same body; Key Vault answers overlapping writes with 409
-("serialize the operations"), after which the vault must be read again. So a write is one
-attempt that says whether it may be retried, and `Backoff` paces the caller's retries.
+Thin on purpose: it turns SDK objects into `VaultState` and back and counts calls. Listing
+pages use azure-core's retry. Writes do not: azure-core would retry a PATCH only on
+500/503/504 or with Retry-After, and would re-send the same body; Key Vault answers overlapping
+writes with 409 ("serialize the operations"), after which the vault must be read again. So a
+write is one attempt that says whether it may be retried, and `Backoff` paces the caller's
+retries. Single reads are retried here, under the same `Backoff`, so that an `Arm` with a time
+budget (an Event Grid delivery waits 30 s, an HTTP request 230 s) never sleeps past it, even
+when Resource Manager asks for a long Retry-After.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from azure.core.exceptions import (
     HttpResponseError,
@@ -37,10 +41,13 @@ SERVICE_TAGS_API_VERSION = "2024-05-01"
 # progress, throttling. Every 4xx means the write was not applied; anything else (5xx, a
 # response cut off mid-body, an unexpected status) may have been.
 RETRYABLE_CLIENT_STATUS = frozenset({408, 409, 429})
+RETRYABLE_READ_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+READ_RETRY_SECONDS = 60.0
 WRITE_TIMEOUT = 30  # seconds to wait for a PATCH response; the retry budget bounds the rest
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 60
 USER_AGENT = "kvfirewall/0.1"
+T = TypeVar("T")
 
 
 def token_scope(endpoint: str) -> str:
@@ -133,9 +140,12 @@ class Arm:
         subscriptions: tuple[str, ...],
         credential=None,
         write_retry_seconds: float = 60.0,
+        budget_seconds: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`budget_seconds`: when set, no attempt or wait starts after that much time, and
+        each request's timeout is cut to what is left (the caller's own deadline)."""
         if credential is None:
             from azure.identity import DefaultAzureCredential
 
@@ -147,6 +157,7 @@ class Arm:
         self._write_retry_seconds = write_retry_seconds
         self._sleep = sleep
         self._clock = clock
+        self._deadline = None if budget_seconds is None else clock() + budget_seconds
         self._lock = threading.Lock()
         self._clients: dict = {}
 
@@ -174,10 +185,39 @@ class Arm:
         for vault in self._client(subscription).vaults.list_by_subscription():
             yield to_state(vault)
 
+    def remaining(self) -> float | None:
+        """Seconds left of the time budget, or None without one."""
+        return None if self._deadline is None else self._deadline - self._clock()
+
+    def _timeout(self, longest: float) -> float:
+        remaining = self.remaining()
+        return longest if remaining is None else max(1.0, min(longest, remaining))
+
+    def _backoff(self, seconds: float) -> Backoff:
+        remaining = self.remaining()
+        budget = seconds if remaining is None else max(0.0, min(seconds, remaining))
+        return Backoff(budget, sleep=self._sleep, clock=self._clock)
+
+    def _read(self, call: Callable[..., T]) -> T:
+        """One read, retried on throttling, server errors and transport failures."""
+        backoff = self._backoff(READ_RETRY_SECONDS)
+        while True:
+            try:
+                return call(retry_total=0, read_timeout=self._timeout(READ_TIMEOUT))
+            except HttpResponseError as exc:
+                if exc.status_code not in RETRYABLE_READ_STATUS or not backoff.wait(
+                    _retry_after(exc)
+                ):
+                    raise
+            except (ServiceRequestError, ServiceResponseError):
+                if not backoff.wait(None):
+                    raise
+
     def get_vault(self, ref: VaultRef) -> VaultState | None:
         """A fresh read of one vault, or None if it does not exist (any more)."""
+        vaults = self._client(ref.subscription).vaults
         try:
-            vault = self._client(ref.subscription).vaults.get(ref.resource_group, ref.name)
+            vault = self._read(lambda **kw: vaults.get(ref.resource_group, ref.name, **kw))
         except ResourceNotFoundError:
             return None
         return to_state(vault)
@@ -193,7 +233,11 @@ class Arm:
         body = {"properties": {"networkAcls": network_acls}}
         try:
             vault = client.vaults.update(
-                ref.resource_group, ref.name, body, retry_total=0, read_timeout=WRITE_TIMEOUT
+                ref.resource_group,
+                ref.name,
+                body,
+                retry_total=0,
+                read_timeout=self._timeout(WRITE_TIMEOUT),
             )
         except HttpResponseError as exc:
             status = exc.status_code or 0
@@ -216,7 +260,7 @@ class Arm:
 
     def write_backoff(self) -> Backoff:
         """Pacing for the attempts at one vault's write, within `write_retry_seconds`."""
-        return Backoff(self._write_retry_seconds, sleep=self._sleep, clock=self._clock)
+        return self._backoff(self._write_retry_seconds)
 
     def service_tags(self, location: str) -> dict:
         """The Service Tag Discovery API document, through the first managed subscription."""
@@ -227,9 +271,14 @@ class Arm:
             f"/subscriptions/{subscription}/providers/Microsoft.Network/locations/{location}"
             f"/serviceTags?api-version={SERVICE_TAGS_API_VERSION}"
         )
-        response = self._client(subscription).send_request(HttpRequest("GET", url))
-        response.raise_for_status()
-        return response.json()
+        client = self._client(subscription)
+
+        def call(**options):
+            response = client.send_request(HttpRequest("GET", url), **options)
+            response.raise_for_status()
+            return response.json()
+
+        return self._read(call)
 
 
 def _retry_after(exc: HttpResponseError) -> float | None:
