@@ -36,15 +36,24 @@ from kvfirewall.vaults import Arm, WriteFailed
 
 log = logging.getLogger("kvfirewall")
 WORKERS = 8
+# With a time budget (an HTTP request must answer within 230 s), no vault is started with less
+# than this left: enough for a read and a write; every call is also cut to the budget.
+VAULT_RESERVE_SECONDS = 30.0
+_LOG_LEVELS = {"updated": logging.INFO, "planned": logging.INFO, "failed": logging.WARNING}
+NOT_REACHED = "not reached: the run's time budget ran out; the next run covers it"
 
 Progress = Callable[[int, VaultResult], None]
 
 
 def resolve_ranges(
-    settings: Settings, store: StateStore, arm: Arm | None, *, save: bool
+    settings: Settings, store: StateStore, arm: Arm | None, *, save: bool, refresh: bool = True
 ) -> RangeDecision:
     """Fetch the configured source and apply the guard; with `save`, store a new last good
-    snapshot (dry runs don't: a preview must not move the guard's baseline)."""
+    snapshot (dry runs don't: a preview must not move the guard's baseline).
+
+    Without `refresh` the stored last good snapshot is used as it is, if there is one: an
+    event for one vault should cost one read, and the timer keeps that snapshot current.
+    """
     builtin = builtin_snapshot()
     notes: list[str] = []
     try:
@@ -52,6 +61,8 @@ def resolve_ranges(
     except (ValueError, KeyError, TypeError) as exc:  # unreadable or tampered: not a baseline
         last_good = None
         notes.append(f"stored range snapshot ignored: {exc}")
+    if not refresh and last_good is not None:
+        return RangeDecision(snapshot=last_good, status="stored", save=False)
     if not settings.all_regions:
         # Only subnets / extra rules configured: no reason to call (or need rights on) a source.
         return RangeDecision(snapshot=last_good or builtin, status="not-needed", save=False)
@@ -72,9 +83,10 @@ def resolve_ranges(
         decision = dataclasses.replace(decision, warnings=(*notes, *decision.warnings))
     if save and decision.save:
         store.write_snapshot(decision.snapshot)
-    if decision.added or decision.removed:
+    if last_good is not None and decision.snapshot.version != last_good.version:
         log.info(
-            "AzureDevOps ranges changed to version %s: +%s -%s",
+            "AzureDevOps service tag changed from version %s to %s: added %s, removed %s",
+            last_good.version,
             decision.snapshot.version,
             [str(p) for p in decision.added],
             [str(p) for p in decision.removed],
@@ -107,16 +119,23 @@ def reconcile(
     vault: VaultRef | None = None,
     progress: Progress | None = None,
     save_snapshot: bool | None = None,
+    refresh_ranges: bool = True,
 ) -> Report:
     """Reconcile every vault in scope (or one vault) and return the report.
 
     `write` decides whether vaults and the ledger are written; `save_snapshot` (default:
-    `write`) whether a newer range snapshot becomes the last good one.
+    `write`) whether a newer range snapshot becomes the last good one; `refresh_ranges`
+    whether the source is fetched or a stored snapshot may do (see `resolve_ranges`). An `arm`
+    with a time budget bounds the run: vaults not reached in time are reported as skipped.
     """
     started = time.monotonic()
     calls_before = dataclasses.replace(arm.counts)  # an Arm may serve many runs
     decision = resolve_ranges(
-        settings, store, arm, save=write if save_snapshot is None else save_snapshot
+        settings,
+        store,
+        arm,
+        save=write if save_snapshot is None else save_snapshot,
+        refresh=refresh_ranges,
     )
     desired = desired_rules(settings, decision.snapshot)
     report = Report(
@@ -131,16 +150,19 @@ def reconcile(
         },
         warnings=[*decision.warnings, *desired.warnings],
     )
-    worker = _VaultWorker(settings, store, arm, desired, write)
+    worker = _VaultWorker(
+        settings, store, arm, desired, write, source_version=decision.snapshot.version
+    )
     if vault is not None:
         report.vaults.append(worker.one(vault))
     else:
         states = _listed_in_scope(settings, arm, report)
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-            for done, result in enumerate(pool.map(worker.listed, states), start=1):
+            for done, result in enumerate(pool.map(worker.in_budget, states), start=1):
                 report.vaults.append(result)
                 if progress:
                     progress(done, result)
+        report.cut_short = sum(v.reason == NOT_REACHED for v in report.vaults)
     report.arm_calls = {
         field: getattr(arm.counts, field) - getattr(calls_before, field)
         for field in ("reads", "writes", "throttled")
@@ -173,8 +195,16 @@ class _VaultWorker:
     """Reconciles single vaults; shared by the threads of one run."""
 
     def __init__(
-        self, settings: Settings, store: StateStore, arm: Arm, desired: Desired, write: bool
+        self,
+        settings: Settings,
+        store: StateStore,
+        arm: Arm,
+        desired: Desired,
+        write: bool,
+        *,
+        source_version: str,
     ) -> None:
+        self.source_version = source_version
         self.settings = settings
         self.store = store
         self.arm = arm
@@ -193,17 +223,33 @@ class _VaultWorker:
             return VaultResult(id=state.id, outcome="skipped", reason="not in scope")
         return self.listed(state, fresh=True)
 
+    def in_budget(self, state: VaultState) -> VaultResult:
+        """A listed vault, unless the run's time budget is (nearly) spent."""
+        remaining = self.arm.remaining()
+        if remaining is not None and remaining < VAULT_RESERVE_SECONDS:
+            return VaultResult(id=state.id, outcome="skipped", reason=NOT_REACHED)
+        return self.listed(state)
+
     def listed(self, state: VaultState, *, fresh: bool = False) -> VaultResult:
         try:
             result = self._reconcile(state, fresh=fresh)
         except Exception as exc:  # one vault's failure never stops the others
             result = _failed(state.id, exc)
-        log.info(
-            "%s %s: %s",
+        # Changes and failures at INFO/WARNING; the steady state (most vaults, most runs)
+        # at DEBUG, so that hourly runs over thousands of vaults log only what matters.
+        level = _LOG_LEVELS.get(result.outcome, logging.DEBUG)
+        log.log(
+            level,
+            "kvfirewall vault outcome=%s id=%s source=%s: %s",
             result.outcome,
             state.id,
+            self.source_version,
             result.error or result.reason,
-            extra={"kvf_vault_id": state.id, "kvf_outcome": result.outcome},
+            extra={
+                "kvf_vault_id": state.id,
+                "kvf_outcome": result.outcome,
+                "kvf_source_version": self.source_version,
+            },
         )
         return result
 
@@ -253,11 +299,13 @@ class _VaultWorker:
                 if exc.retryable and backoff.wait(exc.retry_after):
                     continue
                 tries = f" (gave up after {backoff.attempts} attempts)" if exc.retryable else ""
-                return _result(plan, "failed", error=f"{exc}{tries}")
+                return _result(plan, "failed", error=f"{exc}{tries}", retryable=exc.retryable)
             self.store.write_entry(ref.key, _confirmed(pending, after))
             missing = _missing(plan, after)
             if missing:
-                return _result(plan, "failed", error=f"write not reflected: {missing}")
+                return _result(
+                    plan, "failed", error=f"write not reflected: {missing}", retryable=True
+                )
             return _result(plan, "updated")
 
     def _settle(
@@ -330,7 +378,9 @@ def _missing(plan: Plan, after: VaultState) -> list[str]:
     return missing + [v for v in subnet_values(sent) if subnet_key(v) not in subnets]
 
 
-def _result(plan: Plan, outcome: str, *, error: str | None = None) -> VaultResult:
+def _result(
+    plan: Plan, outcome: str, *, error: str | None = None, retryable: bool = False
+) -> VaultResult:
     return VaultResult(
         id=plan.vault_id,
         outcome=outcome,
@@ -339,6 +389,7 @@ def _result(plan: Plan, outcome: str, *, error: str | None = None) -> VaultResul
         removed=plan.removed,
         kept=plan.kept,
         error=error,
+        retryable=retryable,
     )
 
 
@@ -349,4 +400,7 @@ def _safe(exc: Exception) -> str:
 
 
 def _failed(vault_id: str, exc: Exception) -> VaultResult:
-    return VaultResult(id=vault_id, outcome="failed", reason="error", error=_safe(exc))
+    """An unexpected error (a read or the ledger failed): worth another try later."""
+    return VaultResult(
+        id=vault_id, outcome="failed", reason="error", error=_safe(exc), retryable=True
+    )

@@ -25,6 +25,7 @@ class VaultResult:
     removed: tuple[Change, ...] = ()
     kept: tuple[Change, ...] = ()
     error: str | None = None
+    retryable: bool = False  # a failure that another attempt may fix (throttling, outage)
 
     def to_json(self) -> dict:
         def rules(changes: tuple[Change, ...]) -> list[dict]:
@@ -38,6 +39,7 @@ class VaultResult:
             "removed": rules(self.removed),
             "kept": rules(self.kept),
             "error": self.error,
+            "retryable": self.retryable,
         }
 
 
@@ -52,6 +54,7 @@ class Report:
     out_of_scope: int = 0
     arm_calls: dict = field(default_factory=dict)
     duration_seconds: float = 0.0
+    cut_short: int = 0  # vaults not reached because the run's time budget ran out
 
     @property
     def counts(self) -> dict[str, int]:
@@ -66,6 +69,8 @@ class Report:
         """One line for logs and the end of a table."""
         counts = ", ".join(f"{n} {o}" for o, n in self.counts.items() if n)
         scope = f", {self.out_of_scope} out of scope" if self.out_of_scope else ""
+        if self.cut_short:
+            scope += f"; CUT SHORT, {self.cut_short} not reached"
         return (
             f"kvfirewall {self.mode}: {len(self.vaults)} vaults ({counts or 'none'}){scope}; "
             f"ranges {self.source.get('version')} ({self.source.get('status')}); "
@@ -79,6 +84,7 @@ class Report:
             "counts": {**self.counts, "outOfScope": self.out_of_scope},
             "armCalls": self.arm_calls,
             "durationSeconds": round(self.duration_seconds, 3),
+            "cutShort": self.cut_short,
             "warnings": self.warnings,
             "vaults": [v.to_json() for v in self.vaults],
         }
