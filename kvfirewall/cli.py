@@ -14,13 +14,10 @@ import sys
 import time
 from typing import TextIO
 
-from kvfirewall.ledger import StateStore, open_store
-from kvfirewall.ranges import desired_rules
-from kvfirewall.reconcile import reconcile, resolve_ranges
 from kvfirewall.report import VaultResult
 from kvfirewall.rules import RuleError, VaultRef, parse_vault_id
+from kvfirewall.service import Service
 from kvfirewall.settings import Settings, SettingsError
-from kvfirewall.vaults import Arm
 
 
 class UsageError(Exception):
@@ -46,28 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     if args.verbose:  # one line per vault; the SDK's HTTP logging stays quiet
-        logging.getLogger("kvfirewall").setLevel(logging.INFO)
+        logging.getLogger("kvfirewall").setLevel(logging.DEBUG)
     try:
-        settings = Settings.from_env()
-        vault = _target(getattr(args, "vault", None), settings)
-        store = _open_store(settings)
+        service = Service.from_settings(Settings.from_env())
+        vault = _target(getattr(args, "vault", None), service.settings)
     except (SettingsError, UsageError) as exc:
         print(f"kvfirewall: error: {exc}", file=sys.stderr)
         return 2
-    arm = Arm(endpoint=settings.arm_endpoint, subscriptions=settings.subscriptions)
     progress = _Progress(sys.stderr)
     try:
         if args.command == "ranges":
-            return _ranges(settings, store, arm, as_json=args.json)
+            return _ranges(service.ranges(), as_json=args.json)
         write = args.command == "apply"
-        report = reconcile(
-            settings,
-            store=store,
-            arm=arm,
-            write=write,
-            mode="enforce" if write else "plan",
-            vault=vault,
-            progress=progress,
+        report = service.run(
+            write=write, mode="enforce" if write else "plan", vault=vault, progress=progress
         )
     except Exception as exc:  # e.g. the state store is unreachable: say so, no traceback
         first = str(exc).splitlines()[0] if str(exc) else ""
@@ -77,15 +66,6 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
     print(json.dumps(report.to_json(), indent=2) if args.json else report.to_table())
     return 1 if report.failed else 0
-
-
-def _open_store(settings: Settings) -> StateStore:
-    try:
-        return open_store(settings.state)
-    except Exception as exc:  # the SDKs reject some connection strings only here
-        raise SettingsError(
-            f"KVF_STATE: cannot use {settings.state.describe()}: {type(exc).__name__}"
-        ) from None
 
 
 def _target(value: str | None, settings: Settings) -> VaultRef | None:
@@ -100,17 +80,7 @@ def _target(value: str | None, settings: Settings) -> VaultRef | None:
     return ref
 
 
-def _ranges(settings: Settings, store: StateStore, arm: Arm, *, as_json: bool) -> int:
-    decision = resolve_ranges(settings, store, arm, save=False)
-    desired = desired_rules(settings, decision.snapshot)
-    data = {
-        "source": decision.snapshot.source,
-        "version": decision.snapshot.version,
-        "status": decision.status,
-        "ipRules": [{"rule": str(n), "why": why} for n, why in sorted(desired.ip_rules.items())],
-        "virtualNetworkRules": [{"rule": i, "why": why} for i, why in desired.subnets.values()],
-        "warnings": [*decision.warnings, *desired.warnings],
-    }
+def _ranges(data: dict, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(data, indent=2))
         return 0

@@ -141,5 +141,6 @@ def test_verbose_logs_one_line_per_vault_without_http_noise(env, emulator):
     assert result.returncode == 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and all(
-        line.startswith("INFO planned /subscriptions/") for line in lines
+        line.startswith("INFO kvfirewall vault outcome=planned id=/subscriptions/")
+        for line in lines
     )

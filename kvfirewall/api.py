@@ -1,0 +1,69 @@
+"""The HTTP API's request bodies, validated before anything touches Azure.
+
+`POST /api/reconcile` takes an optional JSON object `{"vaultId": str, "dryRun": bool}`. The
+parser is strict: unknown keys, wrong types and ids that are not Key Vault resource ids in a
+managed subscription are refused with a message for the caller, so a typo (`"dryrun"`) can
+never turn a preview into a write.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from kvfirewall.rules import RuleError, VaultRef, parse_vault_id
+
+MAX_BODY_BYTES = 16 * 1024  # a vault id and a flag; anything bigger is not a request of ours
+FIELDS = ("vaultId", "dryRun")
+
+
+class BadRequest(ValueError):
+    """Input the API refuses; the message is safe to return to the caller."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconcileRequest:
+    vault: VaultRef | None = None  # None: every vault in scope
+    dry_run: bool = False
+
+
+def parse_reconcile_request(body: bytes, *, subscriptions: tuple[str, ...]) -> ReconcileRequest:
+    """Parse and validate a reconcile request body (empty means: all vaults, not a dry run)."""
+    if len(body) > MAX_BODY_BYTES:
+        raise BadRequest(f"body is larger than {MAX_BODY_BYTES} bytes")
+    if not body.strip():
+        return ReconcileRequest()
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise BadRequest("body is not JSON") from None
+    if not isinstance(document, dict):
+        raise BadRequest(f"body must be a JSON object, not {_json_type(document)}")
+    unknown = sorted(set(document) - set(FIELDS))
+    if unknown:
+        shown = ", ".join(repr(k[:50]) for k in unknown[:5])
+        raise BadRequest(f"unknown field(s) {shown}; expected {', '.join(FIELDS)}")
+    dry_run = document.get("dryRun", False)
+    if not isinstance(dry_run, bool):
+        raise BadRequest(f"dryRun must be true or false, not {_json_type(dry_run)}")
+    vault_id = document.get("vaultId")
+    if vault_id is None:
+        return ReconcileRequest(dry_run=dry_run)
+    if not isinstance(vault_id, str):
+        raise BadRequest(f"vaultId must be a string, not {_json_type(vault_id)}")
+    try:
+        vault = parse_vault_id(vault_id)
+    except RuleError as exc:
+        raise BadRequest(f"vaultId: {exc}") from None
+    if vault.subscription not in subscriptions:
+        raise BadRequest(f"vaultId: subscription {vault.subscription} is not managed")
+    return ReconcileRequest(vault=vault, dry_run=dry_run)
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "a number"
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,217 @@
+"""The engine wired for its callers: the Function App's triggers and the CLI.
+
+A `Service` holds one deployment's validated settings, its state store and its Azure
+credential, built once per process (the credential caches tokens), and offers one call per
+kind of trigger. The triggers in `functions/` only translate Functions objects into these
+calls and the results back; every decision is made here or deeper in the package.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from kvfirewall.api import ReconcileRequest
+from kvfirewall.events import EventTarget, MalformedEvent, event_target
+from kvfirewall.geographies import GEOGRAPHY_REGIONS
+from kvfirewall.ledger import StateStore, open_store
+from kvfirewall.ranges import desired_rules
+from kvfirewall.reconcile import Progress, reconcile, resolve_ranges
+from kvfirewall.report import Report
+from kvfirewall.rules import VaultRef
+from kvfirewall.settings import Settings, SettingsError, redact_url
+from kvfirewall.vaults import Arm
+
+log = logging.getLogger("kvfirewall")
+
+# Event Grid waits 30 s for an answer before it counts a delivery as failed and retries; the
+# whole event (read, write and retries) must end well inside that.
+EVENT_BUDGET_SECONDS = 20.0
+# An HTTP-triggered function must answer within 230 s (the front end's idle timeout).
+HTTP_BUDGET_SECONDS = 180.0
+
+
+class RetryLater(Exception):
+    """A transient failure (Resource Manager throttling or outage, storage down): the caller
+    should fail the invocation so that Event Grid delivers the event again."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventOutcome:
+    """What one event led to."""
+
+    action: str  # "reconciled" | "ignored" | "malformed"
+    reason: str
+    report: Report | None = None
+
+
+class Service:
+    """One deployment's engine: settings, state and Azure access."""
+
+    def __init__(self, settings: Settings, *, store: StateStore, credential=None) -> None:
+        self.settings = settings
+        self.store = store
+        self._credential = credential
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Service:
+        """Open the configured store; a store the SDKs refuse is a settings error."""
+        try:
+            store = open_store(settings.state)
+        except Exception as exc:  # the SDKs reject some connection strings only here
+            raise SettingsError(
+                f"KVF_STATE: cannot use {settings.state.describe()}: {type(exc).__name__}"
+            ) from None
+        return cls(settings, store=store)
+
+    def arm(self, *, budget_seconds: float | None = None) -> Arm:
+        """Resource Manager access for one run, sharing the process's credential."""
+        with self._lock:
+            if self._credential is None:
+                from azure.identity import DefaultAzureCredential
+
+                self._credential = DefaultAzureCredential()
+        return Arm(
+            endpoint=self.settings.arm_endpoint,
+            subscriptions=self.settings.subscriptions,
+            credential=self._credential,
+            budget_seconds=budget_seconds,
+        )
+
+    @property
+    def writes(self) -> bool:
+        """Whether unattended runs write (KVF_MODE=enforce) or only report (audit)."""
+        return self.settings.mode == "enforce"
+
+    def run(
+        self,
+        *,
+        write: bool,
+        mode: str,
+        vault: VaultRef | None = None,
+        refresh_ranges: bool = True,
+        save_snapshot: bool | None = None,
+        budget_seconds: float | None = None,
+        progress: Progress | None = None,
+    ) -> Report:
+        return reconcile(
+            self.settings,
+            store=self.store,
+            arm=self.arm(budget_seconds=budget_seconds),
+            write=write,
+            mode=mode,
+            vault=vault,
+            progress=progress,
+            refresh_ranges=refresh_ranges,
+            save_snapshot=save_snapshot,
+        )
+
+    def scheduled_run(self) -> Report:
+        """The timer: refresh the ranges and reconcile every vault in scope, per KVF_MODE.
+
+        A new snapshot is stored in audit mode too: the guard accepted it, and the next run
+        should compare against it rather than report the same change every hour.
+        """
+        return self.run(write=self.writes, mode=self.settings.mode, save_snapshot=True)
+
+    def requested_run(self, request: ReconcileRequest) -> Report:
+        """The HTTP trigger: one vault or all, per KVF_MODE unless it is a dry run (which
+        writes nothing at all), within the HTTP time limit."""
+        write = self.writes and not request.dry_run
+        return self.run(
+            write=write,
+            mode="plan" if request.dry_run else self.settings.mode,
+            vault=request.vault,
+            save_snapshot=not request.dry_run,
+            budget_seconds=HTTP_BUDGET_SECONDS,
+        )
+
+    def handle_event(self, *, event_type: object, subject: object, data: object) -> EventOutcome:
+        """An Event Grid event: reconcile the vault it names from a fresh read, or drop it.
+
+        Raises `RetryLater` when the vault could not be reconciled for a transient reason.
+        """
+        try:
+            target: EventTarget = event_target(event_type=event_type, subject=subject, data=data)
+        except MalformedEvent as exc:
+            return EventOutcome(action="malformed", reason=str(exc))
+        if target.vault is None:
+            return EventOutcome(action="ignored", reason=target.reason)
+        if target.vault.subscription not in self.settings.subscriptions:
+            return EventOutcome(
+                action="ignored",
+                reason=f"subscription {target.vault.subscription} is not managed",
+            )
+        report = self.run(
+            write=self.writes,
+            mode=self.settings.mode,
+            vault=target.vault,
+            refresh_ranges=False,
+            budget_seconds=EVENT_BUDGET_SECONDS,
+        )
+        result = report.vaults[0]
+        if result.outcome == "failed" and result.retryable:
+            log_report(report)
+            raise RetryLater(f"{result.id}: {result.error}")
+        return EventOutcome(action="reconciled", reason=result.reason, report=report)
+
+    def ranges(self) -> dict:
+        """What would be allowed, by geography and region, and from which source version.
+        Read-only: nothing is stored, not even a newer snapshot."""
+        decision = resolve_ranges(self.settings, self.store, self.arm(), save=False)
+        desired = desired_rules(self.settings, decision.snapshot)
+
+        def prefixes(region: str) -> list[str]:
+            return [str(p) for p in decision.snapshot.regions.get(region, ())]
+
+        listed_regions = {r for g in self.settings.geographies for r in GEOGRAPHY_REGIONS[g]}
+        return {
+            "setting": redact_url(self.settings.ip_source),
+            "source": decision.snapshot.source,
+            "version": decision.snapshot.version,
+            "status": decision.status,
+            "geographies": {
+                g: {r: prefixes(r) for r in GEOGRAPHY_REGIONS[g]} for g in self.settings.geographies
+            },
+            "regions": {r: prefixes(r) for r in self.settings.regions if r not in listed_regions},
+            "extraIpRules": [str(n) for n in self.settings.extra_ip_rules],
+            "ipRules": [
+                {"rule": str(n), "why": why} for n, why in sorted(desired.ip_rules.items())
+            ],
+            "virtualNetworkRules": [{"rule": i, "why": why} for i, why in desired.subnets.values()],
+            "warnings": [*decision.warnings, *desired.warnings],
+        }
+
+
+_services: dict[Settings, Service] = {}
+_services_lock = threading.Lock()
+
+
+def service_from_env(env: Mapping[str, str] | None = None) -> Service:
+    """The process's service for the current settings (validated on every call, so a fixed
+    app setting takes effect without a restart; raises `SettingsError` naming the bad one)."""
+    settings = Settings.from_env(env)
+    with _services_lock:
+        service = _services.get(settings)
+        if service is None:
+            service = _services[settings] = Service.from_settings(settings)
+        return service
+
+
+def log_report(report: Report) -> None:
+    """One summary line, then the whole report as JSON: both searchable in App Insights.
+    The summary is a warning when a vault failed, so alerts can key on it."""
+    level = logging.WARNING if report.failed or report.cut_short else logging.INFO
+    context = {
+        "kvf_mode": report.mode,
+        "kvf_source_version": report.source.get("version"),
+        "kvf_counts": report.counts,
+    }
+    for warning in report.warnings:
+        log.warning("kvfirewall warning: %s", warning, extra=context)
+    log.log(level, "%s", report.summary(), extra=context)
+    log.log(level, "kvfirewall report %s", json.dumps(report.to_json()), extra=context)
