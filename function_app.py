@@ -1,9 +1,14 @@
 """Azure Functions entry point (Python v2 programming model).
 
-Kept small on purpose: the app object only. Triggers are blueprints in `functions/`, and all
-behaviour lives in the `kvfirewall` package.
+Kept small on purpose: the app object and one blueprint per trigger from `functions/`; all
+behaviour lives in the `kvfirewall` package. Nothing here reads settings, so a bad app setting
+never stops the app from being indexed: each invocation fails with the settings message.
 """
 
 import azure.functions as func
 
+from functions import event_grid, http_api, timer
+
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+for blueprint in (timer.bp, event_grid.bp, http_api.bp):
+    app.register_functions(blueprint)

@@ -187,6 +187,7 @@ def _listed_in_scope(settings: Settings, arm: Arm, report: Report) -> Iterator[V
                     outcome="failed",
                     reason="could not list vaults",
                     error=_safe(exc),
+                    retryable=True,
                 )
             )
 

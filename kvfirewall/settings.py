@@ -28,6 +28,7 @@ from kvfirewall.rules import (
 MODES = ("audit", "enforce")
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 DEFAULT_LOCAL_STATE = "./.kvfirewall"
+DEFAULT_SCHEDULE = "0 0 * * * *"  # hourly, on the hour
 _REGION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}\Z")  # also the Discovery API location
 _TAG_NAME_RE = re.compile(r"^[^<>%&\\?/]{1,512}$")
 
@@ -42,6 +43,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KVF_EXTRA_IP_RULES": ("comma-separated public IPv4 addresses/CIDRs always allowed", ""),
     "KVF_VAULT_TAG": ("name=value: only vaults carrying this tag are managed", ""),
     "KVF_MODE": ("enforce (write) or audit (report only)", "audit"),
+    "KVF_SCHEDULE": ("timer schedule, NCRONTAB with seconds, in UTC", DEFAULT_SCHEDULE),
     "KVF_ARM_ENDPOINT": ("Azure Resource Manager base URL", DEFAULT_ARM_ENDPOINT),
     "KVF_STATE": ("ledger location: a directory or an Azure Storage connection string", ""),
     "KVF_MAX_RANGE_LOSS_PERCENT": (
@@ -49,6 +51,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "20",
     ),
 }
+
+# Read by the Functions host (`%KVF_SCHEDULE%` in the timer binding), not by `Settings`: the
+# host validates it, and a bad schedule must not stop the event and HTTP triggers too.
+HOST_SETTINGS = frozenset({"KVF_SCHEDULE"})
 
 
 class SettingsError(ValueError):

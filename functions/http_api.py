@@ -1,0 +1,74 @@
+"""HTTP triggers (function key): manual reconcile and dry run, and the allowed ranges.
+
+- POST /api/reconcile, optional body {"vaultId": str, "dryRun": bool}: the JSON report.
+- GET  /api/plan: the dry-run report for every vault in scope.
+- GET  /api/ranges: the allowed ranges per geography and region, and the source version.
+
+Runs answer within the 230 s HTTP limit: a run that would take longer stops starting vaults
+and says so in the report (`cutShort`); the timer reconciles the rest. Errors answer
+`{"error": ...}` with no internals: 400 bad input, 500 bad settings, 503 Azure unavailable.
+"""
+
+import json
+import logging
+from collections.abc import Callable
+
+import azure.functions as func
+
+from kvfirewall.api import BadRequest, ReconcileRequest, parse_reconcile_request
+from kvfirewall.service import Service, log_report, service_from_env
+from kvfirewall.settings import SettingsError
+
+bp = func.Blueprint()
+log = logging.getLogger("kvfirewall")
+
+
+@bp.function_name("reconcile_http")
+@bp.route(route="reconcile", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def reconcile_http(req: func.HttpRequest) -> func.HttpResponse:
+    def run(service: Service) -> dict:
+        request = parse_reconcile_request(
+            req.get_body() or b"", subscriptions=service.settings.subscriptions
+        )
+        return _reported(service.requested_run(request))
+
+    return _answer(run)
+
+
+@bp.function_name("plan_http")
+@bp.route(route="plan", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def plan_http(req: func.HttpRequest) -> func.HttpResponse:
+    return _answer(lambda s: _reported(s.requested_run(ReconcileRequest(dry_run=True))))
+
+
+@bp.function_name("ranges_http")
+@bp.route(route="ranges", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def ranges_http(req: func.HttpRequest) -> func.HttpResponse:
+    return _answer(lambda s: s.ranges())
+
+
+def _reported(report) -> dict:
+    log_report(report)
+    return report.to_json()
+
+
+def _answer(handle: Callable[[Service], dict]) -> func.HttpResponse:
+    try:
+        return _json(200, handle(service_from_env()))
+    except SettingsError as exc:
+        log.error("kvfirewall settings: %s", exc)
+        return _json(500, {"error": f"kvfirewall is misconfigured: {exc}"})
+    except BadRequest as exc:
+        return _json(400, {"error": str(exc)})
+    except Exception as exc:  # details go to the log only, never to the caller
+        log.exception("kvfirewall HTTP run failed")
+        return _json(
+            503,
+            {"error": f"Azure was not reachable ({type(exc).__name__}); retry later"},
+        )
+
+
+def _json(status: int, body: dict) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(body, indent=1), status_code=status, mimetype="application/json"
+    )
