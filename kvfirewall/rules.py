@@ -99,12 +99,21 @@ def subnet_key(subnet_id: str) -> str:
 def canonical_subnet_id(value: str) -> str:
     """Validate a virtual network rule subnet id (full resource id) and return it trimmed."""
     text = value.strip()
-    if not SUBNET_ID_RE.match(text):
+    if not _ascii_outside_rg(SUBNET_ID_RE.match(text), text):
         raise RuleError(
             f"{text!r} is not a subnet resource id (expected /subscriptions/<guid>/resourceGroups/"
             "<rg>/providers/Microsoft.Network/virtualNetworks/<vnet>/subnets/<subnet>)"
         )
     return text
+
+
+def _ascii_outside_rg(match: re.Match | None, value: str) -> bool:
+    """A match that is ASCII everywhere but in the resource group name (which may hold Unicode
+    letters). Case-insensitive matching folds look-alikes such as the Kelvin sign into `k` and
+    the long s into `s`; such an id is not what it seems, and must not reach Resource Manager."""
+    if match is None:
+        return False
+    return (value[: match.start("rg")] + value[match.end("rg") :]).isascii()
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,7 @@ def parse_vault_id(value: str) -> VaultRef:
     if not isinstance(value, str):
         raise RuleError("a vault id must be a string")
     match = VAULT_ID_RE.match(value)
-    if not match:
+    if not _ascii_outside_rg(match, value):
         shown = value if len(value) <= 300 else value[:300] + "…"
         raise RuleError(
             f"{shown!r} is not a Key Vault resource id (expected /subscriptions/<guid>/"

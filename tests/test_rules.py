@@ -14,6 +14,7 @@ def test_a_vault_id_in_any_casing_parses_to_one_ledger_key():
     lower = parse_vault_id(VAULT.replace("resourceGroups", "resourcegroups").lower())
     assert lower.key == parse_vault_id(VAULT).key
     assert (lower.subscription, lower.resource_group, lower.name) == (SUB, "rg-app", "kv-app")
+    assert parse_vault_id(VAULT.replace("rg-app", "rg-café")).resource_group == "rg-café"
 
 
 @pytest.mark.parametrize(
@@ -31,6 +32,9 @@ def test_a_vault_id_in_any_casing_parses_to_one_ledger_key():
         VAULT.replace("kv-app", "kv_app"),
         " " + VAULT,
         "",
+        VAULT.replace("KeyVault", "\u212aeyVault"),  # Kelvin sign: folds to "k"
+        VAULT.replace("kv-app", "kv-ap\u017f"),  # long s: folds to "s"
+        VAULT.replace("subscriptions", "\u017fubscriptions"),
     ],
 )
 def test_anything_else_is_refused(bad):
@@ -47,3 +51,7 @@ def test_subnet_ids_are_validated_and_compared_case_insensitively():
     assert subnet_key(subnet) == subnet_key(subnet.lower())
     with pytest.raises(RuleError):
         canonical_subnet_id(subnet.replace("/subnets/Agents", ""))
+    with pytest.raises(RuleError):
+        canonical_subnet_id(subnet.replace("Microsoft.Network", "Microsoft.Networ\u212a"))
+    rg_in_unicode = subnet.replace("/net/", "/réseau/")  # Azure allows Unicode letters there
+    assert canonical_subnet_id(rg_in_unicode) == rg_in_unicode
