@@ -6,7 +6,20 @@ parameter annotations at indexing time and needs real types, not strings.
 """
 
 import logging
+from collections.abc import Callable
+
+import azure.functions as func
 
 # azure-core logs every request and response header at INFO; in App Insights that would drown
 # kvfirewall's own lines (and cost money). Warnings and errors from the SDKs still get through.
 logging.getLogger("azure").setLevel(logging.WARNING)
+
+
+def invocation_threads(context: func.Context) -> Callable[[], None]:
+    """An initializer for the threads a run starts: the Python worker forwards a log record
+    to the host (and App Insights) only from threads that carry the invocation's id."""
+
+    def carry_invocation_id() -> None:
+        context.thread_local_storage.invocation_id = context.invocation_id
+
+    return carry_invocation_id

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import azure.functions as func
 
+from functions import invocation_threads
 from kvfirewall.api import BadRequest, ReconcileRequest, parse_reconcile_request
 from kvfirewall.service import Service, log_report, service_from_env
 from kvfirewall.settings import SettingsError
@@ -25,20 +26,22 @@ log = logging.getLogger("kvfirewall")
 
 @bp.function_name("reconcile_http")
 @bp.route(route="reconcile", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
-def reconcile_http(req: func.HttpRequest) -> func.HttpResponse:
+def reconcile_http(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     def run(service: Service) -> dict:
         request = parse_reconcile_request(
             req.get_body() or b"", subscriptions=service.settings.subscriptions
         )
-        return _reported(service.requested_run(request))
+        return _reported(service.requested_run(request, thread_init=invocation_threads(context)))
 
     return _answer(run)
 
 
 @bp.function_name("plan_http")
 @bp.route(route="plan", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
-def plan_http(req: func.HttpRequest) -> func.HttpResponse:
-    return _answer(lambda s: _reported(s.requested_run(ReconcileRequest(dry_run=True))))
+def plan_http(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    request = ReconcileRequest(dry_run=True)
+    threads = invocation_threads(context)
+    return _answer(lambda s: _reported(s.requested_run(request, thread_init=threads)))
 
 
 @bp.function_name("ranges_http")

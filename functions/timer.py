@@ -1,14 +1,16 @@
 """Timer trigger: refresh the AzureDevOps ranges and reconcile every vault in scope.
 
-The schedule is the app setting KVF_SCHEDULE (NCRONTAB with seconds, UTC; hourly by default).
-`use_monitor` keeps the schedule across restarts and scale-out runs it on one instance only;
-it never runs on startup, which would reconcile the estate on every cold start and scale-out.
+The schedule is the app setting KVF_SCHEDULE (NCRONTAB with seconds, UTC), which the host
+resolves and which must be set: `0 0 * * * *` (hourly) in the sample settings and the
+deployment. `use_monitor` keeps the schedule across restarts, and scale-out runs it on one
+instance only; it never runs on startup, which would reconcile the estate on every cold start.
 """
 
 import logging
 
 import azure.functions as func
 
+from functions import invocation_threads
 from kvfirewall.service import log_report, service_from_env
 
 bp = func.Blueprint()
@@ -23,10 +25,10 @@ class RunFailed(Exception):
 @bp.timer_trigger(
     arg_name="timer", schedule="%KVF_SCHEDULE%", run_on_startup=False, use_monitor=True
 )
-def reconcile_timer(timer: func.TimerRequest) -> None:
+def reconcile_timer(timer: func.TimerRequest, context: func.Context) -> None:
     if timer.past_due:
         log.warning("kvfirewall timer is past due; reconciling now")
-    report = service_from_env().scheduled_run()
+    report = service_from_env().scheduled_run(thread_init=invocation_threads(context))
     log_report(report)
     if report.failed:
         raise RunFailed(f"{report.counts['failed']} vaults failed; see the report above")

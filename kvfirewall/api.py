@@ -46,9 +46,9 @@ def parse_reconcile_request(body: bytes, *, subscriptions: tuple[str, ...]) -> R
     dry_run = document.get("dryRun", False)
     if not isinstance(dry_run, bool):
         raise BadRequest(f"dryRun must be true or false, not {_json_type(dry_run)}")
-    vault_id = document.get("vaultId")
-    if vault_id is None:
+    if "vaultId" not in document:  # absent means every vault; null is a mistake, not "all"
         return ReconcileRequest(dry_run=dry_run)
+    vault_id = document["vaultId"]
     if not isinstance(vault_id, str):
         raise BadRequest(f"vaultId must be a string, not {_json_type(vault_id)}")
     try:

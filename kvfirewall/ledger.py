@@ -27,11 +27,13 @@ from kvfirewall.settings import StateLocation
 TABLE_NAME = "kvfirewallledger"
 CONTAINER_NAME = "kvfirewall"
 SNAPSHOT_BLOB = "ranges/last-good.json"
-# Storage that is down should fail a run in seconds, not after the SDKs' minutes of backoff:
-# the next run (or Event Grid's redelivery) is the better retry.
-TABLE_OPTIONS = {"retry_total": 2, "retry_backoff_factor": 0.5, "connection_timeout": 10}
-BLOB_OPTIONS = {"retry_total": 2, "initial_backoff": 1, "increment_base": 2,
-                "random_jitter_range": 1, "connection_timeout": 10}  # fmt: skip
+# Storage that is down or hangs should fail a run in seconds, not after the SDKs' minutes of
+# backoff and 60-300 s read timeouts: the next run (or Event Grid's redelivery, which waits only
+# 30 s for an answer) is the better retry. Entries and the snapshot are a few kB.
+TABLE_OPTIONS = {"retry_total": 1, "retry_backoff_factor": 0.5,
+                 "connection_timeout": 5, "read_timeout": 8}  # fmt: skip
+BLOB_OPTIONS = {"retry_total": 1, "initial_backoff": 1, "increment_base": 2,
+                "random_jitter_range": 1, "connection_timeout": 5, "read_timeout": 8}  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)

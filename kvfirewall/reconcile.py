@@ -67,7 +67,12 @@ def resolve_ranges(
         # Only subnets / extra rules configured: no reason to call (or need rights on) a source.
         return RangeDecision(snapshot=last_good or builtin, status="not-needed", save=False)
     try:
-        fresh = fetch_snapshot(settings.ip_source, location=settings.service_tag_location, api=arm)
+        fresh = fetch_snapshot(
+            settings.ip_source,
+            location=settings.service_tag_location,
+            api=arm,
+            budget_seconds=arm.remaining() if arm is not None else None,
+        )
         error = None
     except RangeSourceError as exc:
         fresh, error = None, str(exc)
@@ -83,7 +88,8 @@ def resolve_ranges(
         decision = dataclasses.replace(decision, warnings=(*notes, *decision.warnings))
     if save and decision.save:
         store.write_snapshot(decision.snapshot)
-    if last_good is not None and decision.snapshot.version != last_good.version:
+    # Logged once, by the run that stores the new version (previews would repeat it hourly).
+    if save and last_good is not None and decision.snapshot.version != last_good.version:
         log.info(
             "AzureDevOps service tag changed from version %s to %s: added %s, removed %s",
             last_good.version,
@@ -120,6 +126,7 @@ def reconcile(
     progress: Progress | None = None,
     save_snapshot: bool | None = None,
     refresh_ranges: bool = True,
+    thread_init: Callable[[], None] | None = None,
 ) -> Report:
     """Reconcile every vault in scope (or one vault) and return the report.
 
@@ -127,6 +134,8 @@ def reconcile(
     `write`) whether a newer range snapshot becomes the last good one; `refresh_ranges`
     whether the source is fetched or a stored snapshot may do (see `resolve_ranges`). An `arm`
     with a time budget bounds the run: vaults not reached in time are reported as skipped.
+    `thread_init` runs in each worker thread first (the Functions worker forwards log records
+    only from threads that carry the invocation's id).
     """
     started = time.monotonic()
     calls_before = dataclasses.replace(arm.counts)  # an Arm may serve many runs
@@ -157,7 +166,7 @@ def reconcile(
         report.vaults.append(worker.one(vault))
     else:
         states = _listed_in_scope(settings, arm, report)
-        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        with ThreadPoolExecutor(max_workers=WORKERS, initializer=thread_init) as pool:
             for done, result in enumerate(pool.map(worker.in_budget, states), start=1):
                 report.vaults.append(result)
                 if progress:
@@ -173,6 +182,14 @@ def reconcile(
 
 def _listed_in_scope(settings: Settings, arm: Arm, report: Report) -> Iterator[VaultState]:
     for subscription in settings.subscriptions:
+        remaining = arm.remaining()
+        if remaining is not None and remaining < VAULT_RESERVE_SECONDS:
+            report.vaults.append(
+                VaultResult(
+                    id=f"/subscriptions/{subscription}", outcome="skipped", reason=NOT_REACHED
+                )
+            )
+            continue
         try:
             for state in arm.list_vaults(subscription):
                 if in_scope(state, settings):

@@ -6,12 +6,14 @@ in a terminal is exactly what a pipeline parses.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
 from kvfirewall.plan import Change
 
 OUTCOMES = ("updated", "unchanged", "planned", "skipped", "failed")
+LOG_LINE_CHARS = 30_000  # below App Insights' 32 KiB trace message limit
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +91,26 @@ class Report:
             "vaults": [v.to_json() for v in self.vaults],
         }
 
+    def to_log_lines(self, *, limit: int = LOG_LINE_CHARS) -> list[str]:
+        """The JSON report as log lines of at most `limit` characters (App Insights cuts a
+        trace at 32 KiB): first the run without its vaults, then the vaults in parts, each
+        line a JSON object. A vault too large for one line (a thousand kept rules) is logged
+        with its rule counts instead of its rules."""
+        data = self.to_json()
+        vaults = [_compact(v, limit - 100) for v in data.pop("vaults")]
+        lines = [_compact({**data, "vaultCount": len(vaults)}, limit)]
+        part: list[str] = []
+        size = 0
+        for vault in vaults:
+            if part and size + len(vault) > limit - 100:
+                lines.append(f'{{"vaults":[{",".join(part)}]}}')
+                part, size = [], 0
+            part.append(vault)
+            size += len(vault) + 1
+        if part:
+            lines.append(f'{{"vaults":[{",".join(part)}]}}')
+        return lines
+
     def to_table(self) -> str:
         """A fixed-width table, one row per vault, then each rule added (+), removed (-) or
         kept as someone else's (=) with its reason, the warnings, and the summary."""
@@ -116,6 +138,14 @@ class Report:
         lines.extend(f"warning: {w}" for w in self.warnings)
         lines.append(self.summary())
         return "\n".join(lines)
+
+
+def _compact(data: dict, limit: int) -> str:
+    text = json.dumps(data, separators=(",", ":"))
+    if len(text) <= limit:
+        return text
+    counts = {k: len(v) if isinstance(v, list) else v for k, v in data.items()}
+    return json.dumps({**counts, "rulesOmitted": True}, separators=(",", ":"))[:limit]
 
 
 def _short_id(vault_id: str) -> str:

@@ -8,10 +8,9 @@ calls and the results back; every decision is made here or deeper in the package
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kvfirewall.api import ReconcileRequest
@@ -97,6 +96,7 @@ class Service:
         save_snapshot: bool | None = None,
         budget_seconds: float | None = None,
         progress: Progress | None = None,
+        thread_init: Callable[[], None] | None = None,
     ) -> Report:
         return reconcile(
             self.settings,
@@ -108,17 +108,22 @@ class Service:
             progress=progress,
             refresh_ranges=refresh_ranges,
             save_snapshot=save_snapshot,
+            thread_init=thread_init,
         )
 
-    def scheduled_run(self) -> Report:
+    def scheduled_run(self, *, thread_init: Callable[[], None] | None = None) -> Report:
         """The timer: refresh the ranges and reconcile every vault in scope, per KVF_MODE.
 
         A new snapshot is stored in audit mode too: the guard accepted it, and the next run
         should compare against it rather than report the same change every hour.
         """
-        return self.run(write=self.writes, mode=self.settings.mode, save_snapshot=True)
+        return self.run(
+            write=self.writes, mode=self.settings.mode, save_snapshot=True, thread_init=thread_init
+        )
 
-    def requested_run(self, request: ReconcileRequest) -> Report:
+    def requested_run(
+        self, request: ReconcileRequest, *, thread_init: Callable[[], None] | None = None
+    ) -> Report:
         """The HTTP trigger: one vault or all, per KVF_MODE unless it is a dry run (which
         writes nothing at all), within the HTTP time limit."""
         write = self.writes and not request.dry_run
@@ -128,6 +133,7 @@ class Service:
             vault=request.vault,
             save_snapshot=not request.dry_run,
             budget_seconds=HTTP_BUDGET_SECONDS,
+            thread_init=thread_init,
         )
 
     def handle_event(self, *, event_type: object, subject: object, data: object) -> EventOutcome:
@@ -203,7 +209,7 @@ def service_from_env(env: Mapping[str, str] | None = None) -> Service:
 
 
 def log_report(report: Report) -> None:
-    """One summary line, then the whole report as JSON: both searchable in App Insights.
+    """One summary line, then the whole report as JSON lines: all searchable in App Insights.
     The summary is a warning when a vault failed, so alerts can key on it."""
     level = logging.WARNING if report.failed or report.cut_short else logging.INFO
     context = {
@@ -214,4 +220,5 @@ def log_report(report: Report) -> None:
     for warning in report.warnings:
         log.warning("kvfirewall warning: %s", warning, extra=context)
     log.log(level, "%s", report.summary(), extra=context)
-    log.log(level, "kvfirewall report %s", json.dumps(report.to_json()), extra=context)
+    for line in report.to_log_lines():
+        log.log(level, "kvfirewall report %s", line, extra=context)

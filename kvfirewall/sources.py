@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Protocol
@@ -19,7 +20,8 @@ from kvfirewall.settings import redact_url
 
 BUILTIN_FILE = "ServiceTags_Public_20251028.AzureDevOps-only.json"
 MAX_DOCUMENT_BYTES = 32 * 1024 * 1024  # weekly public files are ~5 MiB and growing
-TIMEOUT = (5, 30)  # connect, read (seconds)
+TIMEOUT = (5, 30)  # connect, read (seconds), per request and per chunk
+DOWNLOAD_SECONDS = 120.0  # a whole download, redirects included
 MAX_REDIRECTS = 5
 
 
@@ -36,8 +38,17 @@ def builtin_snapshot() -> Snapshot:
     return parse_service_tags(json.loads(text), source="builtin")
 
 
-def fetch_snapshot(source: str, *, location: str, api: ServiceTagsApi | None) -> Snapshot:
-    """Fetch and parse the configured source (`api`, `builtin`, https URL or file path)."""
+def fetch_snapshot(
+    source: str,
+    *,
+    location: str,
+    api: ServiceTagsApi | None,
+    budget_seconds: float | None = None,
+) -> Snapshot:
+    """Fetch and parse the configured source (`api`, `builtin`, https URL or file path).
+
+    A download ends within `budget_seconds` (default `DOWNLOAD_SECONDS`) whatever the server
+    does; the Discovery API call is bounded by the `api` object's own budget."""
     if source == "builtin":
         return builtin_snapshot()
     if source == "api":
@@ -50,7 +61,11 @@ def fetch_snapshot(source: str, *, location: str, api: ServiceTagsApi | None) ->
         return parse_service_tags(document, source=f"api ({location})")
     if urlsplit(source).scheme.lower() == "https":
         shown = redact_url(source)
-        return parse_service_tags(_parse_json(_download(source), shown), source=shown)
+        budget = (
+            DOWNLOAD_SECONDS if budget_seconds is None else min(budget_seconds, DOWNLOAD_SECONDS)
+        )
+        data = _download(source, max(1.0, budget))
+        return parse_service_tags(_parse_json(data, shown), source=shown)
     return parse_service_tags(_parse_json(_read_file(Path(source)), source), source=source)
 
 
@@ -76,12 +91,15 @@ def _read_file(path: Path) -> bytes:
     return data
 
 
-def _download(url: str) -> bytes:
-    """GET over https only, following at most a few https redirects, with a size cap.
+def _download(url: str, budget_seconds: float) -> bytes:
+    """GET over https only, following at most a few https redirects, with a size cap and an
+    overall deadline (a read timeout alone applies per chunk: a slow server could go on).
 
     Errors name the URL without its query string: a SAS token there is a secret.
     """
     import requests
+
+    deadline = time.monotonic() + budget_seconds
 
     def error(detail: str) -> RangeSourceError:
         query = urlsplit(url).query
@@ -93,8 +111,10 @@ def _download(url: str) -> bytes:
     for _ in range(MAX_REDIRECTS + 1):
         if urlsplit(url).scheme.lower() != "https":
             raise error("refusing a non-https URL")
+        left = deadline - time.monotonic()
+        timeout = (max(0.5, min(TIMEOUT[0], left)), max(0.5, min(TIMEOUT[1], left)))
         try:
-            response = requests.get(url, timeout=TIMEOUT, stream=True, allow_redirects=False)
+            response = requests.get(url, timeout=timeout, stream=True, allow_redirects=False)
         except requests.RequestException as exc:
             raise error(f"{type(exc).__name__}: {_short(exc)}") from None
         with response:
@@ -112,6 +132,8 @@ def _download(url: str) -> bytes:
                     data.extend(chunk)
                     if len(data) > MAX_DOCUMENT_BYTES:
                         raise error(too_large)
+                    if time.monotonic() > deadline:
+                        raise error(f"took longer than {budget_seconds:g} s")
             except requests.RequestException as exc:
                 raise error(f"{type(exc).__name__}: {_short(exc)}") from None
             return bytes(data)

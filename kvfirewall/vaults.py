@@ -1,13 +1,13 @@
 """The Azure Resource Manager adapter: list, read and PATCH vaults; read service tags.
 
-Thin on purpose: it turns SDK objects into `VaultState` and back and counts calls. Listing
-pages use azure-core's retry. Writes do not: azure-core would retry a PATCH only on
-500/503/504 or with Retry-After, and would re-send the same body; Key Vault answers overlapping
-writes with 409 ("serialize the operations"), after which the vault must be read again. So a
-write is one attempt that says whether it may be retried, and `Backoff` paces the caller's
-retries. Single reads are retried here, under the same `Backoff`, so that an `Arm` with a time
-budget (an Event Grid delivery waits 30 s, an HTTP request 230 s) never sleeps past it, even
-when Resource Manager asks for a long Retry-After.
+Thin on purpose: it turns SDK objects into `VaultState` and back and counts calls. No call
+uses azure-core's retry. Writes cannot: azure-core would retry a PATCH only on 500/503/504 or
+with Retry-After, and would re-send the same body; Key Vault answers overlapping writes with
+409 ("serialize the operations"), after which the vault must be read again. So a write is one
+attempt that says whether it may be retried, and `Backoff` paces the caller's retries. Reads
+(single vaults, list pages) are retried here under the same `Backoff`, so that an `Arm` with a
+time budget (an Event Grid delivery waits 30 s, an HTTP request 230 s) never sleeps past it,
+even when Resource Manager asks for a long Retry-After.
 """
 
 from __future__ import annotations
@@ -181,9 +181,23 @@ class Arm:
             return client
 
     def list_vaults(self, subscription: str) -> Iterator[VaultState]:
-        """Every vault of a subscription, page by page (list results carry networkAcls)."""
-        for vault in self._client(subscription).vaults.list_by_subscription():
-            yield to_state(vault)
+        """Every vault of a subscription, page by page (list results carry networkAcls).
+
+        Each page is one `_read`: retried on its own under the budget, so a throttled page
+        repeats no page before it and never sleeps past the deadline."""
+        vaults = self._client(subscription).vaults
+        token: str | None = None
+        while True:
+
+            def page(token=token, **options) -> tuple[list, str | None]:
+                pages = vaults.list_by_subscription(**options).by_page(continuation_token=token)
+                return list(next(pages)), pages.continuation_token
+
+            items, token = self._read(page)
+            for vault in items:
+                yield to_state(vault)
+            if not token:
+                return
 
     def remaining(self) -> float | None:
         """Seconds left of the time budget, or None without one."""
@@ -203,7 +217,11 @@ class Arm:
         backoff = self._backoff(READ_RETRY_SECONDS)
         while True:
             try:
-                return call(retry_total=0, read_timeout=self._timeout(READ_TIMEOUT))
+                return call(
+                    retry_total=0,
+                    connection_timeout=self._timeout(CONNECT_TIMEOUT),
+                    read_timeout=self._timeout(READ_TIMEOUT),
+                )
             except HttpResponseError as exc:
                 if exc.status_code not in RETRYABLE_READ_STATUS or not backoff.wait(
                     _retry_after(exc)
@@ -237,6 +255,7 @@ class Arm:
                 ref.name,
                 body,
                 retry_total=0,
+                connection_timeout=self._timeout(CONNECT_TIMEOUT),
                 read_timeout=self._timeout(WRITE_TIMEOUT),
             )
         except HttpResponseError as exc:

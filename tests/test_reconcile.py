@@ -587,3 +587,33 @@ def test_a_tampered_stored_snapshot_is_ignored(emulator, estate, run, tmp_path):
     assert report.source["status"] == "builtin-fallback"
     assert any("stored range snapshot ignored" in w for w in report.warnings)
     assert IPv4Network("0.0.0.0/0") not in nets(emulator, estate["bare"])
+
+
+def test_a_run_with_a_time_budget_stops_starting_vaults_and_reports_those_not_reached(
+    emulator, run, monkeypatch
+):
+    emulator.set_service_tags(OCTOBER)
+    emulator.add_subnet(AGENTS)
+    for n in range(12):
+        emulator.add_vault(SUB_A, "apps", f"kv-{n:02}", tags=TAG)
+    now = [0.0]
+    original = Arm.update_network_acls
+
+    def slow_write(self, ref, network_acls):  # each write takes 20 s of the budget
+        result = original(self, ref, network_acls)
+        now[0] += 20.0
+        return result
+
+    monkeypatch.setattr(Arm, "update_network_acls", slow_write)
+    settings_arm = Arm(
+        endpoint=emulator.url,
+        subscriptions=(SUB_A, SUB_B),
+        budget_seconds=45.0,
+        clock=lambda: now[0],
+    )
+    report = run(arm=settings_arm)
+    counts = report.counts
+    assert counts["updated"] >= 1 and report.cut_short >= 1
+    assert counts["updated"] + report.cut_short == 12
+    assert emulator.writes == counts["updated"]
+    assert "CUT SHORT" in report.summary()

@@ -63,3 +63,35 @@ def test_json_has_counts_and_every_vault_in_full():
     ]
     assert data["vaults"][1]["error"].startswith("HTTP 403")
     assert sample().failed
+
+
+def test_the_logged_report_fits_app_insights_trace_lines_and_loses_no_vault():
+    rules = tuple(
+        Change(f"20.{i // 256}.{i % 256}.0/24", "AzureDevOps westeurope") for i in range(40)
+    )
+    many = [
+        VaultResult(
+            id=VAULT.replace("kv-app", f"kv-{n:03}"),
+            outcome="updated",
+            reason="adds 40",
+            added=rules,
+        )
+        for n in range(60)
+    ]
+    huge = VaultResult(
+        id=VAULT.replace("kv-app", "kv-huge"),
+        outcome="unchanged",
+        reason="compliant",
+        kept=tuple(
+            Change(f"52.{i // 256}.{i % 256}.1/32", "not added by kvfirewall") for i in range(1000)
+        ),
+    )
+    report = Report(mode="enforce", source={"version": "8"}, vaults=[*many, huge])
+    lines = report.to_log_lines()
+    assert all(len(line) <= 30_000 for line in lines) and len(lines) > 2
+    head, *parts = (json.loads(line) for line in lines)
+    assert head["vaultCount"] == 61 and head["counts"]["updated"] == 60
+    logged = [v for part in parts for v in part["vaults"]]
+    assert [v["id"] for v in logged] == [v.id for v in report.vaults]
+    assert logged[0]["added"] == [{"rule": c.rule, "why": c.why} for c in rules]
+    assert logged[-1]["kept"] == 1000 and logged[-1]["rulesOmitted"] is True
