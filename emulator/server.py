@@ -84,6 +84,7 @@ class _Response:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False  # close the connection instead of answering (a lost response)
+    drip_seconds: float = 0.0  # send the body one byte at a time, this far apart (a slow server)
 
 
 @dataclass
@@ -192,8 +193,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(response.body)))
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        if not response.drip_seconds:
             self.wfile.write(response.body)
+            return
+        self.wfile.flush()
+        for index in range(len(response.body)):
+            self.wfile.write(response.body[index : index + 1])
+            self.wfile.flush()
+            time.sleep(response.drip_seconds)
 
     do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = do_HEAD = _dispatch
 
@@ -298,7 +307,7 @@ class Emulator:
             self._vaults: dict[tuple[str, str, str], dict[str, Any]] = {}
             self._subnets: dict[str, bool] = {}
             self._service_tags: dict[str, Any] | None = None
-            self._files: dict[str, tuple[bytes, str]] = {}
+            self._files: dict[str, tuple[bytes, str, float]] = {}
             self._redirects: dict[str, str] = {}
             self._faults: list[_Fault] = []
             self._lost: list[_Fault] = []
@@ -374,10 +383,17 @@ class Emulator:
         with self._lock:
             self._service_tags = copy.deepcopy(dict(doc))
 
-    def add_file(self, path: str, body: bytes, *, content_type: str = "application/json") -> None:
+    def add_file(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        content_type: str = "application/json",
+        drip_seconds: float = 0.0,
+    ) -> None:
         """Serve `body` at `path` over plain unauthenticated GET."""
         with self._lock:
-            self._files[path] = (bytes(body), content_type)
+            self._files[path] = (bytes(body), content_type, drip_seconds)
 
     def add_redirect(self, path: str, location: str) -> None:
         """Answer GET `path` with 302 to `location` (absolute or relative)."""
@@ -607,7 +623,7 @@ class Emulator:
         if location is not None:
             return _Response(302, b"", {"Location": location})
         if file is not None:
-            return _Response(200, file[0], {"Content-Type": file[1]})
+            return _Response(200, file[0], {"Content-Type": file[1]}, drip_seconds=file[2])
         return _Response(404, b"not found", {"Content-Type": "text/plain"})
 
     # ------------------------------------------------------------------ identity

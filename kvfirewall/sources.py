@@ -7,8 +7,11 @@ because this document decides what may reach every vault.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import socket
+import threading
 import time
 from importlib import resources
 from pathlib import Path
@@ -127,14 +130,35 @@ def _download(url: str, budget_seconds: float) -> bytes:
             if declared.isdigit() and int(declared) > MAX_DOCUMENT_BYTES:
                 raise error(too_large)
             data = bytearray()
+            # A read timeout applies per receive: a server sending a byte now and then would
+            # never trip it. The watchdog cuts the connection at the deadline instead.
+            watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _abort, [response])
+            watchdog.daemon = True
+            watchdog.start()
             try:
                 for chunk in response.iter_content(64 * 1024):
                     data.extend(chunk)
                     if len(data) > MAX_DOCUMENT_BYTES:
                         raise error(too_large)
-                    if time.monotonic() > deadline:
-                        raise error(f"took longer than {budget_seconds:g} s")
-            except requests.RequestException as exc:
+            except RangeSourceError:
+                raise
+            except Exception as exc:  # whatever the cut connection raises
+                if time.monotonic() >= deadline:
+                    raise error(f"took longer than {budget_seconds:g} s") from None
                 raise error(f"{type(exc).__name__}: {_short(exc)}") from None
+            finally:
+                watchdog.cancel()
+            if time.monotonic() >= deadline:  # cut mid-body, the rest looked like a short read
+                raise error(f"took longer than {budget_seconds:g} s")
             return bytes(data)
     raise error(f"more than {MAX_REDIRECTS} redirects")
+
+
+def _abort(response) -> None:
+    """Cut a download's connection from another thread: shutting the socket down wakes a
+    receive that is blocked on it (closing alone may not)."""
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    response.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,13 @@ def test_a_signed_url_never_shows_its_token(emulator):
     with pytest.raises(RangeSourceError) as caught:
         fetch("https://127.0.0.1:9/tags.json?sv=2024-01-01&sig=TOPSECRET")
     assert "TOPSECRET" not in str(caught.value)
+
+
+def test_a_server_that_trickles_is_cut_off_at_the_deadline(emulator):
+    emulator.add_file("/slow/ServiceTags.json", b'{"values": []}' + b" " * 1000, drip_seconds=0.2)
+    started = time.monotonic()
+    with pytest.raises(RangeSourceError, match="took longer than 2 s"):
+        fetch_snapshot(
+            f"{emulator.url}/slow/ServiceTags.json", location="westus", api=None, budget_seconds=2
+        )
+    assert time.monotonic() - started < 4
