@@ -9,6 +9,7 @@ never turn a preview into a write.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 
 from kvfirewall.rules import RuleError, VaultRef, parse_vault_id
@@ -34,7 +35,7 @@ def parse_reconcile_request(body: bytes, *, subscriptions: tuple[str, ...]) -> R
     if not body.strip():
         return ReconcileRequest()
     try:
-        document = json.loads(body.decode("utf-8"))
+        document = json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise BadRequest("body is not JSON") from None
     if not isinstance(document, dict):
@@ -58,6 +59,17 @@ def parse_reconcile_request(body: bytes, *, subscriptions: tuple[str, ...]) -> R
     if vault.subscription not in subscriptions:
         raise BadRequest(f"vaultId: subscription {vault.subscription} is not managed")
     return ReconcileRequest(vault=vault, dry_run=dry_run)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are unique: with `{"dryRun": true, "dryRun": false}` the last
+    value would silently win, and a preview become a write."""
+    repeated = sorted(key for key, n in Counter(key for key, _ in pairs).items() if n > 1)
+    if repeated:
+        raise BadRequest(
+            f"field(s) given more than once: {', '.join(repr(k[:50]) for k in repeated[:5])}"
+        )
+    return dict(pairs)
 
 
 def _json_type(value: object) -> str:

@@ -32,13 +32,14 @@ from kvfirewall.report import Report, VaultResult
 from kvfirewall.rules import RuleError, VaultRef, current_ip_network, parse_vault_id, subnet_key
 from kvfirewall.settings import Settings, redact_url
 from kvfirewall.sources import builtin_snapshot, fetch_snapshot
-from kvfirewall.vaults import Arm, WriteFailed
+from kvfirewall.vaults import Arm, OutOfTime, WriteFailed
 
 log = logging.getLogger("kvfirewall")
 WORKERS = 8
 # With a time budget (an HTTP request must answer within 230 s), no vault is started with less
 # than this left: enough for a read and a write; every call is also cut to the budget.
 VAULT_RESERVE_SECONDS = 30.0
+MIN_WRITE_SECONDS = 10.0  # no PATCH is started with less of the budget left
 _LOG_LEVELS = {"updated": logging.INFO, "planned": logging.INFO, "failed": logging.WARNING}
 NOT_REACHED = "not reached: the run's time budget ran out; the next run covers it"
 
@@ -191,11 +192,17 @@ def _listed_in_scope(settings: Settings, arm: Arm, report: Report) -> Iterator[V
             )
             continue
         try:
-            for state in arm.list_vaults(subscription):
+            for state in arm.list_vaults(subscription, reserve_seconds=VAULT_RESERVE_SECONDS):
                 if in_scope(state, settings):
                     yield state
                 else:
                     report.out_of_scope += 1
+        except OutOfTime:  # the rest of this subscription
+            report.vaults.append(
+                VaultResult(
+                    id=f"/subscriptions/{subscription}", outcome="skipped", reason=NOT_REACHED
+                )
+            )
         except Exception as exc:  # one subscription's failure must not stop the others
             report.warnings.append(f"listing subscription {subscription} failed: {_safe(exc)}")
             report.vaults.append(
@@ -297,6 +304,15 @@ class _VaultWorker:
                         return _result(unconfirmed, "updated")  # it had landed after all
                     return result
             fresh = False
+            remaining = self.arm.remaining()
+            if remaining is not None and remaining < MIN_WRITE_SECONDS:
+                # A PATCH that times out on our side may still land; don't start one late.
+                return _result(
+                    plan,
+                    "failed",
+                    error="time budget spent before the write; the next run or delivery does it",
+                    retryable=True,
+                )
             pending = dataclasses.replace(
                 entry,
                 pending_ip_rules=entry.pending_ip_rules | plan.owned.ip_rules,

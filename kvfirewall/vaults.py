@@ -106,6 +106,10 @@ class WriteFailed(Exception):
         self.retry_after = retry_after
 
 
+class OutOfTime(Exception):
+    """The `Arm`'s time budget is spent: no further call is started."""
+
+
 class Backoff:
     """Waits between attempts: Retry-After when given, else jittered exponential backoff,
     and never past the budget."""
@@ -180,14 +184,21 @@ class Arm:
                 self._clients[subscription] = client
             return client
 
-    def list_vaults(self, subscription: str) -> Iterator[VaultState]:
+    def list_vaults(
+        self, subscription: str, *, reserve_seconds: float = 0.0
+    ) -> Iterator[VaultState]:
         """Every vault of a subscription, page by page (list results carry networkAcls).
 
         Each page is one `_read`: retried on its own under the budget, so a throttled page
-        repeats no page before it and never sleeps past the deadline."""
+        repeats no page before it and never sleeps past the deadline. No page is fetched with
+        less than `reserve_seconds` of the budget left (`OutOfTime`): the caller could not
+        reconcile its vaults anyway."""
         vaults = self._client(subscription).vaults
         token: str | None = None
         while True:
+            remaining = self.remaining()
+            if remaining is not None and remaining < reserve_seconds:
+                raise OutOfTime(f"listing {subscription} stopped: the time budget is spent")
 
             def page(token=token, **options) -> tuple[list, str | None]:
                 pages = vaults.list_by_subscription(**options).by_page(continuation_token=token)
@@ -204,8 +215,13 @@ class Arm:
         return None if self._deadline is None else self._deadline - self._clock()
 
     def _timeout(self, longest: float) -> float:
+        """A request's timeout, cut to the budget; no request starts once it is spent."""
         remaining = self.remaining()
-        return longest if remaining is None else max(1.0, min(longest, remaining))
+        if remaining is None:
+            return longest
+        if remaining <= 0:
+            raise OutOfTime("the time budget is spent")
+        return min(longest, remaining)
 
     def _backoff(self, seconds: float) -> Backoff:
         remaining = self.remaining()

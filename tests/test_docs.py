@@ -27,3 +27,11 @@ def test_the_engine_never_imports_azure_functions():
     for path in (ROOT / "kvfirewall").rglob("*.py"):
         imports = re.findall(r"^\s*(?:import|from)\s+azure\.functions\b", path.read_text(), re.M)
         assert not imports, path
+
+
+def test_the_readme_starts_azurite_as_the_tests_do():
+    """Azurite refuses the storage SDKs' newer API versions unless told not to check them."""
+    readme = (ROOT / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("npx azurite")]
+    assert commands and all("--skipApiVersionCheck" in line for line in commands)
+    assert "--skipApiVersionCheck" in (ROOT / "tests" / "conftest.py").read_text()

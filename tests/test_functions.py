@@ -271,7 +271,9 @@ def test_host_json_and_local_settings_sample_fit_the_app():
         "version": "[4.*, 5.0.0)",
     }
     hours, minutes, seconds = map(int, host["functionTimeout"].split(":"))
-    assert 0 < hours * 3600 + minutes * 60 + seconds <= 4 * 3600  # Flex Consumption: no cap
+    timeout = hours * 3600 + minutes * 60 + seconds
+    # A timer run must end, with its report logged, before the host kills it.
+    assert service_module.TIMER_BUDGET_SECONDS + 120 <= timeout <= 4 * 3600
     sampling = host["logging"]["applicationInsights"]["samplingSettings"]
     assert "Trace" in sampling["excludedTypes"].split(";")  # warnings and summaries never dropped
     sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
@@ -635,6 +637,7 @@ BAD_BODIES = {
     "oversized": json.dumps({"vaultId": "x" * 100_000}).encode(),
     "deeply nested": b"[" * 8000 + b"]" * 8000,
     "vaultId null": b'{"vaultId": null}',
+    "a field given twice": b'{"dryRun": true, "dryRun": false}',
 }
 
 
@@ -679,6 +682,20 @@ def test_throttled_listing_does_not_outlast_the_http_budget(emulator, estate, mo
     listing = next(v for v in report["vaults"] if v["id"] == f"/subscriptions/{SUB_A}")
     assert listing["outcome"] == "failed" and listing["retryable"] is True
     assert report["counts"]["planned"] == 1  # the other subscription's vault
+
+
+def test_listing_stops_when_the_http_budget_runs_out(emulator, estate, monkeypatch):
+    for n in range(20):
+        emulator.add_vault(SUB_A, "many", f"kv-many-{n:02}", tags=TAG)
+    emulator.page_size = 1
+    emulator.latency = 0.3
+    monkeypatch.setattr("kvfirewall.reconcile.VAULT_RESERVE_SECONDS", 2.0)
+    monkeypatch.setattr(service_module, "HTTP_BUDGET_SECONDS", 4.0)
+    started = time.monotonic()
+    status, report = http("GET", "plan")
+    assert time.monotonic() - started < 4.0 + 1.5
+    assert status == 200 and report["cutShort"] >= 1
+    assert emulator.reads < 24  # 23 pages and service tags would be all of them
 
 
 def test_a_run_that_would_outlast_the_http_limit_is_cut_short_and_says_so(

@@ -73,8 +73,8 @@ def after_listing(monkeypatch, change) -> None:
     """Let `change` happen between the listing of SUB_A and the writes (a race)."""
     original = Arm.list_vaults
 
-    def list_then_change(self, subscription):
-        listed = list(original(self, subscription))
+    def list_then_change(self, subscription, **options):
+        listed = list(original(self, subscription, **options))
         if subscription == SUB_A:
             change()
         yield from listed
@@ -617,3 +617,31 @@ def test_a_run_with_a_time_budget_stops_starting_vaults_and_reports_those_not_re
     assert counts["updated"] + report.cut_short == 12
     assert emulator.writes == counts["updated"]
     assert "CUT SHORT" in report.summary()
+
+
+def test_no_write_is_started_when_too_little_of_the_budget_is_left(
+    emulator, run, monkeypatch, tmp_path
+):
+    emulator.set_service_tags(OCTOBER)
+    emulator.add_subnet(AGENTS)
+    vault = emulator.add_vault(SUB_A, "apps", "kv-late", tags=TAG)
+    now = [0.0]
+    original = Arm.get_vault
+
+    def slow_read(self, ref):  # the fresh read before the write leaves 5 s of 45
+        state = original(self, ref)
+        now[0] += 40.0
+        return state
+
+    monkeypatch.setattr(Arm, "get_vault", slow_read)
+    arm = Arm(
+        endpoint=emulator.url,
+        subscriptions=(SUB_A, SUB_B),
+        budget_seconds=45.0,
+        clock=lambda: now[0],
+    )
+    report = run(arm=arm, vault=vault)
+    result = report.vaults[0]
+    assert (result.outcome, result.retryable) == ("failed", True)
+    assert emulator.writes == 0
+    assert not ledger_of(tmp_path, vault)  # nothing pending: nothing was sent
