@@ -183,21 +183,13 @@ def reconcile(
 
 def _listed_in_scope(settings: Settings, arm: Arm, report: Report) -> Iterator[VaultState]:
     for subscription in settings.subscriptions:
-        remaining = arm.remaining()
-        if remaining is not None and remaining < VAULT_RESERVE_SECONDS:
-            report.vaults.append(
-                VaultResult(
-                    id=f"/subscriptions/{subscription}", outcome="skipped", reason=NOT_REACHED
-                )
-            )
-            continue
         try:
             for state in arm.list_vaults(subscription, reserve_seconds=VAULT_RESERVE_SECONDS):
                 if in_scope(state, settings):
                     yield state
                 else:
                     report.out_of_scope += 1
-        except OutOfTime:  # the rest of this subscription
+        except OutOfTime:  # the subscription, or the rest of it
             report.vaults.append(
                 VaultResult(
                     id=f"/subscriptions/{subscription}", outcome="skipped", reason=NOT_REACHED

@@ -175,7 +175,8 @@ class Service:
     def ranges(self) -> dict:
         """What would be allowed, by geography and region, and from which source version.
         Read-only: nothing is stored, not even a newer snapshot."""
-        decision = resolve_ranges(self.settings, self.store, self.arm(), save=False)
+        arm = self.arm(budget_seconds=HTTP_BUDGET_SECONDS)
+        decision = resolve_ranges(self.settings, self.store, arm, save=False)
         desired = desired_rules(self.settings, decision.snapshot)
 
         def prefixes(region: str) -> list[str]:
