@@ -114,6 +114,26 @@ def refuse_next_write(emulator, vault_name: str) -> None:
     )
 
 
+def budgeted_arm(emulator, monkeypatch, *, slow: str, seconds: float) -> Arm:
+    """An Arm with a 45 s budget on a fake clock, on which each call of `Arm.<slow>` takes
+    `seconds`."""
+    now = [0.0]
+    original = getattr(Arm, slow)
+
+    def slowed(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        now[0] += seconds
+        return result
+
+    monkeypatch.setattr(Arm, slow, slowed)
+    return Arm(
+        endpoint=emulator.url,
+        subscriptions=(SUB_A, SUB_B),
+        budget_seconds=45.0,
+        clock=lambda: now[0],
+    )
+
+
 @pytest.fixture
 def estate(emulator):
     """A mixed estate: every kind of vault the product meets."""
@@ -596,22 +616,8 @@ def test_a_run_with_a_time_budget_stops_starting_vaults_and_reports_those_not_re
     emulator.add_subnet(AGENTS)
     for n in range(12):
         emulator.add_vault(SUB_A, "apps", f"kv-{n:02}", tags=TAG)
-    now = [0.0]
-    original = Arm.update_network_acls
-
-    def slow_write(self, ref, network_acls):  # each write takes 20 s of the budget
-        result = original(self, ref, network_acls)
-        now[0] += 20.0
-        return result
-
-    monkeypatch.setattr(Arm, "update_network_acls", slow_write)
-    settings_arm = Arm(
-        endpoint=emulator.url,
-        subscriptions=(SUB_A, SUB_B),
-        budget_seconds=45.0,
-        clock=lambda: now[0],
-    )
-    report = run(arm=settings_arm)
+    arm = budgeted_arm(emulator, monkeypatch, slow="update_network_acls", seconds=20.0)
+    report = run(arm=arm)
     counts = report.counts
     assert counts["updated"] >= 1 and report.cut_short >= 1
     assert counts["updated"] + report.cut_short == 12
@@ -625,21 +631,8 @@ def test_no_write_is_started_when_too_little_of_the_budget_is_left(
     emulator.set_service_tags(OCTOBER)
     emulator.add_subnet(AGENTS)
     vault = emulator.add_vault(SUB_A, "apps", "kv-late", tags=TAG)
-    now = [0.0]
-    original = Arm.get_vault
-
-    def slow_read(self, ref):  # the fresh read before the write leaves 5 s of 45
-        state = original(self, ref)
-        now[0] += 40.0
-        return state
-
-    monkeypatch.setattr(Arm, "get_vault", slow_read)
-    arm = Arm(
-        endpoint=emulator.url,
-        subscriptions=(SUB_A, SUB_B),
-        budget_seconds=45.0,
-        clock=lambda: now[0],
-    )
+    # The fresh read before the write leaves 5 s of the 45 s budget.
+    arm = budgeted_arm(emulator, monkeypatch, slow="get_vault", seconds=40.0)
     report = run(arm=arm, vault=vault)
     result = report.vaults[0]
     assert (result.outcome, result.retryable) == ("failed", True)
