@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -98,6 +98,15 @@ class _Fault:
 
 
 @dataclass
+class _Intercept:
+    method: str
+    pattern: re.Pattern[str]
+    remaining: int
+    before: Callable[[Emulator], None] | None
+    after: Callable[[Emulator], None] | None
+
+
+@dataclass
 class _Token:
     resource: str
     client_id: str
@@ -134,6 +143,12 @@ class _Bucket:
         if self.rate <= 0:
             return 3600
         return max(1, math.ceil((1.0 - self.tokens) / self.rate))
+
+
+def _fault(method: str, path_regex: str, times: int, *, seconds: float = 0.0) -> _Fault:
+    """A fault that needs no status or body (a reset, a stall)."""
+    pattern = re.compile(path_regex, re.IGNORECASE)
+    return _Fault(method.upper(), pattern, 0, times, {"seconds": str(seconds)}, None)
 
 
 def _json_bytes(doc: Any) -> bytes:
@@ -311,6 +326,9 @@ class Emulator:
             self._redirects: dict[str, str] = {}
             self._faults: list[_Fault] = []
             self._lost: list[_Fault] = []
+            self._resets: list[_Fault] = []
+            self._stalls: list[_Fault] = []
+            self._intercepts: list[_Intercept] = []
             self._limits: dict[str, tuple[int, float] | None] = {"read": None, "write": None}
             self._buckets: dict[tuple[str, str], _Bucket] = {}
             self._busy: set[tuple[str, str, str]] = set()
@@ -328,6 +346,8 @@ class Emulator:
             self._reads = 0
             self._writes = 0
             self._token_requests = 0
+            self._faults_served = 0
+            self._throttled = 0
 
     # ------------------------------------------------------------------ seeding
 
@@ -433,6 +453,13 @@ class Emulator:
             return self._writes
 
     @property
+    def faults_served(self) -> int:
+        """Injected faults answered (fail, lose_response, reset_connection, stall) plus 429s
+        from the token buckets: what a reliability scenario put the client through."""
+        with self._lock:
+            return self._faults_served + self._throttled
+
+    @property
     def token_requests(self) -> int:
         """Calls to the managed-identity endpoint, to check that clients cache tokens."""
         with self._lock:
@@ -488,6 +515,63 @@ class Emulator:
                 )
             )
 
+    def reset_connection(self, method: str, path_regex: str, *, times: int = 1) -> None:
+        """Drop the connection of the next `times` matching requests before processing
+        them (a connection reset): the request surely did not apply."""
+        with self._lock:
+            self._resets.append(_fault(method, path_regex, times))
+
+    def stall(self, method: str, path_regex: str, seconds: float, *, times: int = 1) -> None:
+        """Hold the next `times` matching requests for `seconds` before processing them, as
+        an overloaded front end does: a client that times out first cannot know whether
+        the request applied (it does, late)."""
+        with self._lock:
+            self._stalls.append(_fault(method, path_regex, times, seconds=seconds))
+
+    def intercept(
+        self,
+        method: str,
+        path_regex: str,
+        *,
+        before: Callable[[Emulator], None] | None = None,
+        after: Callable[[Emulator], None] | None = None,
+        times: int = 1,
+    ) -> None:
+        """Run `before` ahead of the next `times` matching requests and `after` once each is
+        processed but not yet answered: the hooks by which tests interleave someone else's
+        write, or kill a client, at an exact point."""
+        with self._lock:
+            self._intercepts.append(
+                _Intercept(method.upper(), re.compile(path_regex, re.I), times, before, after)
+            )
+
+    def write_as(
+        self,
+        vault_id: str,
+        *,
+        actor: str = "someone@contoso.com",
+        network_acls: Mapping[str, Any] | None = None,
+        public_network_access: str | None = None,
+    ) -> None:
+        """Someone else's PATCH of a vault (validated and normalized like any PATCH, with its
+        Event Grid event), without a recorded request."""
+        properties: dict[str, Any] = {}
+        if network_acls is not None:
+            properties["networkAcls"] = copy.deepcopy(dict(network_acls))
+        if public_network_access is not None:
+            properties["publicNetworkAccess"] = public_network_access
+        sub, rg, name = vaults.parse_vault_id(vault_id)
+        key = vaults.vault_key(sub, rg, name)
+        with self._lock:
+            new = vaults.patch_vault(
+                self._vaults[key],
+                {"properties": properties},
+                subnets=self._subnets,
+                actor=actor,
+                now=_iso_now(),
+            )
+            self._commit(key, new, sub, actor, "PATCH", True, {})
+
     def delete_vault(self, vault_id: str) -> None:
         """Delete a vault as someone else would (no request is recorded)."""
         key = vaults.vault_key(*vaults.parse_vault_id(vault_id))
@@ -515,7 +599,17 @@ class Emulator:
                 body = raw_body.decode("utf-8", "replace")
                 body_error = True
 
+        hook = self._take_intercept(method, path)
+        if hook is not None and hook.before is not None:
+            hook.before(self)
+        if self._take_fault(method, path, self._resets) is not None:
+            return _Response(0, drop=True)  # never processed, never recorded
+        stall = self._take_fault(method, path, self._stalls)
+        if stall is not None:
+            time.sleep(float(stall.headers["seconds"]))
         response = self._route(method, path, query, lower_headers, body, body_error)
+        if hook is not None and hook.after is not None:
+            hook.after(self)
         if self._take_fault(method, path, self._lost) is not None:
             response.drop = True
         with self._lock:
@@ -532,7 +626,18 @@ class Emulator:
                     fault.remaining -= 1
                     if fault.remaining <= 0:
                         faults.remove(fault)
+                    self._faults_served += 1
                     return fault
+        return None
+
+    def _take_intercept(self, method: str, path: str) -> _Intercept | None:
+        with self._lock:
+            for hook in self._intercepts:
+                if hook.method in ("*", method) and hook.pattern.search(path):
+                    hook.remaining -= 1
+                    if hook.remaining <= 0:
+                        self._intercepts.remove(hook)
+                    return hook
         return None
 
     def _fault_response(self, fault: _Fault) -> _Response:
@@ -712,6 +817,7 @@ class Emulator:
             if bucket is None or bucket.take():
                 return
             wait = bucket.retry_after()
+            self._throttled += 1
         raise ArmError(
             429,
             "SubscriptionRequestsThrottled",
