@@ -14,8 +14,10 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -25,6 +27,8 @@ from kvfirewall.ranges import Snapshot
 from kvfirewall.settings import StateLocation
 
 TABLE_NAME = "kvfirewallledger"
+LEASE_SECONDS = 60  # a Blob lease's longest fixed term; renewed before each PATCH and check
+LEASE_POLL_SECONDS = 0.5
 CONTAINER_NAME = "kvfirewall"
 SNAPSHOT_BLOB = "ranges/last-good.json"
 # Storage that is down or hangs should fail a run in seconds, not after the SDKs' minutes of
@@ -71,8 +75,24 @@ class LedgerEntry:
         )
 
 
+class LeaseBusy(Exception):
+    """Another run holds the vault's lease for longer than this run may wait."""
+
+
+class Lease(Protocol):
+    """Held while one run writes a vault and its ledger entry."""
+
+    def renew(self) -> None:
+        """Extend the lease before a step that may take a while (a PATCH, a check)."""
+
+
 class StateStore(Protocol):
-    """Where ledger entries (keyed by lower-cased vault id) and the snapshot are kept."""
+    """Where ledger entries (keyed by lower-cased vault id) and the snapshot are kept.
+
+    `lease` serializes the runs that write one vault (threads, processes, Function App
+    instances sharing the store): without it two runs could each read, merge and PATCH, and
+    the second write would drop what the first added, or its ledger would forget it.
+    """
 
     def read_entry(self, vault_key: str) -> LedgerEntry: ...
 
@@ -83,6 +103,10 @@ class StateStore(Protocol):
     def write_snapshot(self, snapshot: Snapshot) -> None: ...
 
     def describe(self) -> str: ...
+
+    def lease(
+        self, vault_key: str, *, wait_seconds: float
+    ) -> contextlib.AbstractContextManager[Lease]: ...
 
 
 def open_store(location: StateLocation) -> StateStore:
@@ -95,6 +119,23 @@ def open_store(location: StateLocation) -> StateStore:
 def _row_key(vault_key: str) -> str:
     # Table keys may not hold '/', and ids are long: a digest is stable and safe.
     return hashlib.sha256(vault_key.encode()).hexdigest()
+
+
+def _poll(try_once: Callable[[], bool], wait_seconds: float, what: str) -> None:
+    """Try to take a lease until `wait_seconds` have passed; `LeaseBusy` then."""
+    deadline = time.monotonic() + max(0.0, wait_seconds)
+    while not try_once():
+        if time.monotonic() >= deadline:
+            raise LeaseBusy(f"another kvfirewall run holds the lease of {what}")
+        time.sleep(LEASE_POLL_SECONDS * random.uniform(0.5, 1.0))
+
+
+class _FileLease:
+    """An OS file lock: released by the kernel when the process dies, so a crash never
+    leaves a vault locked."""
+
+    def renew(self) -> None:
+        """Nothing to do: the lock lasts as long as the process holds the file."""
 
 
 class LocalStore:
@@ -128,6 +169,29 @@ class LocalStore:
 
     def write_snapshot(self, snapshot: Snapshot) -> None:
         _atomic_write(self.root / SNAPSHOT_BLOB, snapshot.to_json())
+
+    @contextlib.contextmanager
+    def lease(self, vault_key: str, *, wait_seconds: float) -> Iterator[Lease]:
+        """An exclusive `flock` on `leases/<digest>.lock` (per open file, so threads of one
+        process exclude each other too)."""
+        import fcntl
+
+        path = self.root / "leases" / f"{_row_key(vault_key)}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as handle:
+
+            def try_once() -> bool:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+                return True
+
+            _poll(try_once, wait_seconds, vault_key)
+            try:
+                yield _FileLease()
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _atomic_write(path: Path, data: dict) -> None:
@@ -237,3 +301,36 @@ class AzureStore:
     def write_snapshot(self, snapshot: Snapshot) -> None:
         text = json.dumps(snapshot.to_json(), indent=1)
         self._created(lambda: self._container.upload_blob(SNAPSHOT_BLOB, text, overwrite=True))
+
+    @contextlib.contextmanager
+    def lease(self, vault_key: str, *, wait_seconds: float) -> Iterator[Lease]:
+        """A Blob lease on `leases/<digest>` in the container, for `LEASE_SECONDS` at a
+        time: if the holder dies, the lease runs out by itself within a minute."""
+        from azure.core.exceptions import (
+            HttpResponseError,
+            ResourceExistsError,
+            ResourceNotFoundError,
+        )
+
+        blob = self._container.get_blob_client(f"leases/{_row_key(vault_key)}")
+        held = []
+
+        def try_once() -> bool:
+            try:
+                held.append(blob.acquire_lease(lease_duration=LEASE_SECONDS))
+            except ResourceNotFoundError:  # the first lease of this vault: create its blob
+                with contextlib.suppress(ResourceExistsError):
+                    self._created(lambda: blob.upload_blob(b"", overwrite=False))
+                return try_once()
+            except HttpResponseError as exc:
+                if exc.status_code == 409:  # LeaseAlreadyPresent
+                    return False
+                raise
+            return True
+
+        _poll(try_once, wait_seconds, vault_key)
+        try:
+            yield held[0]
+        finally:
+            with contextlib.suppress(HttpResponseError):
+                held[0].release()

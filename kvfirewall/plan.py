@@ -3,7 +3,9 @@
 Pure (no I/O), so every safety rule lives in one place that property tests can hammer:
 - only rules the ledger says kvfirewall added are ever removed;
 - a desired rule that someone else already has is left theirs (not claimed);
-- defaultAction and bypass are sent exactly as they are;
+- defaultAction and bypass are sent exactly as they are, unless an explicit lock-down option
+  (off by default) closes an open firewall or turns "disabled" into "selected networks";
+  neither ever admits a rule outside the configured set;
 - networks are compared as networks (`1.2.3.4` == `1.2.3.4/32`), subnet ids case-insensitively;
 - a compliant vault yields no write at all (our own write raises an event; no loops).
 """
@@ -27,6 +29,8 @@ INEFFECTIVE = {
     ),
 }
 ALREADY_THERE = "already present, added by someone else: left to them"
+LOCK_OPEN = "KVF_LOCK_OPEN_VAULTS: the firewall was open to every network"
+ENABLE_DISABLED = "KVF_ENABLE_DISABLED_VAULTS: public access was disabled"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,12 +64,28 @@ class Plan:
     added: tuple[Change, ...] = ()
     removed: tuple[Change, ...] = ()
     kept: tuple[Change, ...] = ()  # other people's rules, left in place
+    access: tuple[Change, ...] = ()  # defaultAction / publicNetworkAccess changes (lock-down)
+    public_network_access: str | None = None  # sent with the ACLs when the plan switches it
 
 
-def plan_vault(vault: VaultState, entry: LedgerEntry, desired: Desired) -> Plan:
-    """Plan one vault. See the module docstring for the rules this guarantees."""
+def plan_vault(
+    vault: VaultState,
+    entry: LedgerEntry,
+    desired: Desired,
+    *,
+    lock_open: bool = False,
+    enable_disabled: bool = False,
+) -> Plan:
+    """Plan one vault. See the module docstring for the rules this guarantees.
+
+    `lock_open`: an open firewall (defaultAction Allow, or no ACLs) is closed to Deny.
+    `enable_disabled`: a vault with public access Disabled becomes Enabled + Deny, but only
+    if every rule it would then honour is in the desired set: its old rules had no effect
+    while access was disabled, and switching must not bring someone's stale rule to life.
+    """
     public_access = (vault.public_network_access or "").lower()
-    if public_access in INEFFECTIVE:
+    enable = enable_disabled and public_access == "disabled"
+    if public_access in INEFFECTIVE and not enable:
         return Plan(
             vault_id=vault.id, action="skip", reason=INEFFECTIVE[public_access], owned=entry
         )
@@ -119,17 +139,45 @@ def plan_vault(vault: VaultState, entry: LedgerEntry, desired: Desired) -> Plan:
             ),
             owned=entry,
         )
-    open_note = ""
+    access: list[Change] = []
+    public = None
     default_action = acls.get("defaultAction") or "Allow"
+    is_open = str(default_action).lower() == "allow"
+    if enable:
+        outside = [v for k, v in ip_rules.items() if k not in desired.ip_rules]
+        outside += [v for k, v in subnets.items() if k not in desired.subnets]
+        if outside:
+            return Plan(
+                **common,
+                action="skip",
+                reason=(
+                    f"{INEFFECTIVE['disabled']}; not switched to selected networks: "
+                    f"{len(outside)} rules outside the configured set would take effect "
+                    f"({', '.join(outside[:3])}{', ...' if len(outside) > 3 else ''})"
+                ),
+                owned=entry,
+            )
+        public = "Enabled"
+        access.append(Change("publicNetworkAccess: Disabled -> Enabled", ENABLE_DISABLED))
+        if is_open:
+            access.append(Change(f"defaultAction: {default_action} -> Deny", ENABLE_DISABLED))
+            default_action = "Deny"
+    elif is_open and lock_open:
+        access.append(Change(f"defaultAction: {default_action} -> Deny", LOCK_OPEN))
+        default_action = "Deny"
+    open_note = ""
     if str(default_action).lower() == "allow":
         open_note = " (firewall open: rules take effect once public access is limited)"
-    if not added and not removed:
+    locked = "".join(f"; {c.rule}" for c in access)
+    if not added and not removed and not access:
         return Plan(**common, action="none", reason="compliant" + open_note, owned=owned)
     return Plan(
         **common,
         action="write",
-        reason=f"adds {len(added)}, removes {len(removed)}" + open_note,
+        reason=f"adds {len(added)}, removes {len(removed)}" + open_note + locked,
         owned=owned,
+        access=tuple(access),
+        public_network_access=public,
         network_acls={
             "defaultAction": default_action,
             "bypass": acls.get("bypass") or "AzureServices",

@@ -2,12 +2,15 @@
 
 The order of a write is what makes it safe:
 1. plan on the listed state; a compliant vault costs nothing more (no GET, no write);
-2. GET the vault again right before writing and plan on that fresh state;
-3. record the rules about to be added as *pending* in the ledger;
-4. PATCH the complete networkAcls once;
-5. confirm as owned exactly the pending rules the response shows, and check it holds the plan.
+2. take the vault's lease (one writer per vault across threads, processes and instances);
+3. GET the vault and read its ledger entry again, and plan on that fresh state;
+4. record the rules about to be added as *pending* in the ledger;
+5. PATCH the complete networkAcls once;
+6. confirm as owned exactly the pending rules the response shows, and check it holds the plan;
+7. GET once more: if a writer that read before our write wrote a stale copy after it, our
+   rules are gone; plan on what is there now and write them back (theirs stay theirs).
 A crash after 4 leaves pending rules that the next run recognises as its own. A write that
-surely did not land (4xx, 409, 429) takes its pending rules back. A retry goes back to 2, never
+surely did not land (4xx, 409, 429) takes its pending rules back. A retry goes back to 3, never
 re-sending the old body: a 409 means someone else was writing that vault.
 """
 
@@ -19,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from kvfirewall.ledger import LedgerEntry, StateStore
+from kvfirewall.ledger import Lease, LeaseBusy, LedgerEntry, StateStore
 from kvfirewall.plan import Plan, VaultState, ip_values, plan_vault, subnet_values
 from kvfirewall.ranges import (
     Desired,
@@ -40,6 +43,9 @@ WORKERS = 8
 # than this left: enough for a read and a write; every call is also cut to the budget.
 VAULT_RESERVE_SECONDS = 30.0
 MIN_WRITE_SECONDS = 10.0  # no PATCH is started with less of the budget left
+# Another run's write of one vault takes a few seconds; a longer wait means it is stuck or
+# throttled, and this run is better spent on other vaults (the holder or the next run does it).
+LEASE_WAIT_SECONDS = 30.0
 _LOG_LEVELS = {"updated": logging.INFO, "planned": logging.INFO, "failed": logging.WARNING}
 NOT_REACHED = "not reached: the run's time budget ran out; the next run covers it"
 
@@ -238,7 +244,7 @@ class _VaultWorker:
             return _failed(ref.id, exc)
         if not in_scope(state, self.settings):
             return VaultResult(id=state.id, outcome="skipped", reason="not in scope")
-        return self.listed(state, fresh=True)
+        return self.listed(state)
 
     def in_budget(self, state: VaultState) -> VaultResult:
         """A listed vault, unless the run's time budget is (nearly) spent."""
@@ -247,9 +253,9 @@ class _VaultWorker:
             return VaultResult(id=state.id, outcome="skipped", reason=NOT_REACHED)
         return self.listed(state)
 
-    def listed(self, state: VaultState, *, fresh: bool = False) -> VaultResult:
+    def listed(self, state: VaultState) -> VaultResult:
         try:
-            result = self._reconcile(state, fresh=fresh)
+            result = self._reconcile(state)
         except Exception as exc:  # one vault's failure never stops the others
             result = _failed(state.id, exc)
         # Changes and failures at INFO/WARNING; the steady state (most vaults, most runs)
@@ -270,32 +276,63 @@ class _VaultWorker:
         )
         return result
 
-    def _reconcile(self, state: VaultState, *, fresh: bool) -> VaultResult:
+    def _plan(self, state: VaultState, entry: LedgerEntry) -> Plan:
+        return plan_vault(
+            state,
+            entry,
+            self.desired,
+            lock_open=self.settings.lock_open_vaults,
+            enable_disabled=self.settings.enable_disabled_vaults,
+        )
+
+    def _reconcile(self, state: VaultState) -> VaultResult:
         ref = parse_vault_id(state.id)
         stored = self.store.read_entry(ref.key)
         entry = _settled(stored, state)
-        plan = plan_vault(state, entry, self.desired)
-        if plan.action != "write" or not self.write:
-            return self._settle(plan, entry, ref, stored)
+        plan = self._plan(state, entry)
+        if not (self.write and _writes(plan, entry, stored)):
+            return self._settle(plan, entry, ref, stored)  # writes nothing
+        try:
+            with self.store.lease(ref.key, wait_seconds=self._lease_wait()) as lease:
+                return self._write(ref, lease)
+        except LeaseBusy as exc:
+            return VaultResult(
+                id=state.id,
+                outcome="skipped",
+                reason=f"busy: {exc}; that run or the next one reconciles it",
+                retryable=True,
+            )
+
+    def _lease_wait(self) -> float:
+        remaining = self.arm.remaining()
+        if remaining is None:
+            return LEASE_WAIT_SECONDS
+        return max(0.0, min(LEASE_WAIT_SECONDS, remaining - MIN_WRITE_SECONDS))
+
+    def _write(self, ref: VaultRef, lease: Lease) -> VaultResult:
+        """Under the vault's lease: read the vault and the ledger again, plan, record the
+        intent, PATCH once, confirm, then read once more to check that no concurrent writer
+        (one that read the vault before this write and wrote after it) undid it."""
+        stored = self.store.read_entry(ref.key)  # the previous holder may have changed it
+        entry = stored
         backoff = self.arm.write_backoff()
         unconfirmed: Plan | None = None  # a write that may have landed without an answer
+        put_back: list[str] = []  # rules of ours a concurrent write removed, written again
+        state: VaultState | None = None
         while True:
-            if not fresh:  # read again right before every write attempt
+            if state is None:
                 state = self.arm.get_vault(ref)
                 if state is None:
                     return self._gone(ref, "vault deleted meanwhile")
-                if not in_scope(state, self.settings):
-                    return VaultResult(
-                        id=state.id, outcome="skipped", reason="left scope meanwhile"
-                    )
-                entry = _settled(entry, state)
-                plan = plan_vault(state, entry, self.desired)
-                if plan.action != "write":
-                    result = self._settle(plan, entry, ref, stored)
-                    if unconfirmed is not None and result.outcome == "unchanged":
-                        return _result(unconfirmed, "updated")  # it had landed after all
-                    return result
-            fresh = False
+            if not in_scope(state, self.settings):
+                return VaultResult(id=state.id, outcome="skipped", reason="left scope meanwhile")
+            entry = _settled(entry, state)
+            plan = self._plan(state, entry)
+            if plan.action != "write":
+                result = self._settle(plan, entry, ref, stored)
+                if unconfirmed is not None and result.outcome == "unchanged":
+                    return _result(unconfirmed, "updated")  # it had landed after all
+                return result
             remaining = self.arm.remaining()
             if remaining is not None and remaining < MIN_WRITE_SECONDS:
                 # A PATCH that times out on our side may still land; don't start one late.
@@ -312,8 +349,12 @@ class _VaultWorker:
             )
             self.store.write_entry(ref.key, pending)
             stored = pending
+            lease.renew()
+            state = None  # whatever happens next, the next attempt starts from a fresh read
             try:
-                after = self.arm.update_network_acls(ref, plan.network_acls)
+                after = self.arm.update_network_acls(
+                    ref, plan.network_acls, public_network_access=plan.public_network_access
+                )
             except WriteFailed as exc:
                 if exc.status == 404:
                     return self._gone(ref, "vault deleted meanwhile")
@@ -326,13 +367,34 @@ class _VaultWorker:
                     continue
                 tries = f" (gave up after {backoff.attempts} attempts)" if exc.retryable else ""
                 return _result(plan, "failed", error=f"{exc}{tries}", retryable=exc.retryable)
-            self.store.write_entry(ref.key, _confirmed(pending, after))
+            entry = stored = _confirmed(pending, after)
+            self.store.write_entry(ref.key, entry)
             missing = _missing(plan, after)
             if missing:
                 return _result(
                     plan, "failed", error=f"write not reflected: {missing}", retryable=True
                 )
-            return _result(plan, "updated")
+            lease.renew()
+            try:
+                state = self.arm.get_vault(ref)
+            except OutOfTime:  # the write is done and its answer showed it: don't fail it
+                return _result(plan, "updated", put_back=put_back)
+            if state is None:
+                return self._gone(ref, "vault deleted meanwhile")
+            undone = _missing(plan, state, ours_only=True)
+            if not undone:
+                return _result(plan, "updated", put_back=put_back)
+            # Someone wrote a stale copy over ours: plan again on what is there now (their
+            # changes stay theirs) and write our rules back.
+            put_back.extend(r for r in undone if r not in put_back)
+            log.warning("kvfirewall: a concurrent write removed %s from %s", undone, ref.id)
+            if not backoff.wait(None):
+                return _result(
+                    plan,
+                    "failed",
+                    error=f"a concurrent write removed {undone} again; the next run restores it",
+                    retryable=True,
+                )
 
     def _settle(
         self, plan: Plan, entry: LedgerEntry, ref: VaultRef, stored: LedgerEntry
@@ -345,7 +407,7 @@ class _VaultWorker:
             return _result(plan, "failed", error=f"refused: {plan.reason}")
         if plan.action == "write":
             return _result(plan, "planned")
-        owned = dataclasses.replace(plan.owned, generation=entry.generation)
+        owned = _owned(plan, entry)
         if self.write and owned != stored:
             self.store.write_entry(ref.key, owned)
         return _result(plan, "unchanged")
@@ -396,24 +458,59 @@ def _confirmed(pending: LedgerEntry, after: VaultState) -> LedgerEntry:
     )
 
 
-def _missing(plan: Plan, after: VaultState) -> list[str]:
-    """Planned rules absent from the vault the PATCH returned."""
+def _missing(plan: Plan, after: VaultState, *, ours_only: bool = False) -> list[str]:
+    """What the plan sent that the vault does not hold: rules, and the access settings a
+    lock-down changed. `ours_only`: only the rules kvfirewall owns once the plan is applied
+    (other people's rules may have been removed by their owners since)."""
     nets, subnets = _present(after.network_acls)
     sent = plan.network_acls or {}
-    missing = [v for v in ip_values(sent) if current_ip_network(v) not in nets]
-    return missing + [v for v in subnet_values(sent) if subnet_key(v) not in subnets]
+    ips = [v for v in ip_values(sent) if current_ip_network(v) not in nets]
+    vnets = [v for v in subnet_values(sent) if subnet_key(v) not in subnets]
+    if ours_only:
+        ips = [v for v in ips if current_ip_network(v) in plan.owned.ip_rules]
+        vnets = [v for v in vnets if subnet_key(v) in plan.owned.subnets]
+    acls = after.network_acls or {}
+    access = []
+    if plan.access and str(acls.get("defaultAction", "Allow")).lower() != "deny":
+        access.append("defaultAction: Deny")
+    wanted = plan.public_network_access
+    if wanted and (after.public_network_access or "").lower() != wanted.lower():
+        access.append(f"publicNetworkAccess: {wanted}")
+    return ips + vnets + access
+
+
+def _writes(plan: Plan, entry: LedgerEntry, stored: LedgerEntry) -> bool:
+    """Whether reconciling this plan writes the vault or its ledger entry (then it takes
+    the vault's lease and starts again from a fresh read)."""
+    if plan.action == "write":
+        return True
+    return plan.action == "none" and _owned(plan, entry) != stored
+
+
+def _owned(plan: Plan, entry: LedgerEntry) -> LedgerEntry:
+    return dataclasses.replace(plan.owned, generation=entry.generation)
 
 
 def _result(
-    plan: Plan, outcome: str, *, error: str | None = None, retryable: bool = False
+    plan: Plan,
+    outcome: str,
+    *,
+    error: str | None = None,
+    retryable: bool = False,
+    put_back: list[str] | tuple[str, ...] = (),
 ) -> VaultResult:
+    reason = plan.reason
+    if put_back:
+        reason += f"; a concurrent write removed {len(put_back)} of its rules: written again"
     return VaultResult(
         id=plan.vault_id,
         outcome=outcome,
-        reason=plan.reason,
+        reason=reason,
         added=plan.added,
         removed=plan.removed,
         kept=plan.kept,
+        access=plan.access,
+        put_back=tuple(put_back),
         error=error,
         retryable=retryable,
     )

@@ -26,8 +26,11 @@ class VaultResult:
     added: tuple[Change, ...] = ()
     removed: tuple[Change, ...] = ()
     kept: tuple[Change, ...] = ()
+    access: tuple[Change, ...] = ()  # defaultAction / publicNetworkAccess a lock-down changed
+    put_back: tuple[str, ...] = ()  # our rules a concurrent write removed, written again
     error: str | None = None
-    retryable: bool = False  # a failure that another attempt may fix (throttling, outage)
+    # Another attempt may succeed (throttling, outage, the vault busy in another run).
+    retryable: bool = False
 
     def to_json(self) -> dict:
         def rules(changes: tuple[Change, ...]) -> list[dict]:
@@ -40,6 +43,8 @@ class VaultResult:
             "added": rules(self.added),
             "removed": rules(self.removed),
             "kept": rules(self.kept),
+            "access": rules(self.access),
+            "putBack": list(self.put_back),
             "error": self.error,
             "retryable": self.retryable,
         }

@@ -167,7 +167,7 @@ class Service:
             budget_seconds=EVENT_BUDGET_SECONDS,
         )
         result = report.vaults[0]
-        if result.outcome == "failed" and result.retryable:
+        if result.retryable:  # failed for a transient reason, or busy in another run
             log_report(report)
             raise RetryLater(f"{result.id}: {result.error}")
         return EventOutcome(action="reconciled", reason=result.reason, report=report)

@@ -43,6 +43,14 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KVF_EXTRA_IP_RULES": ("comma-separated public IPv4 addresses/CIDRs always allowed", ""),
     "KVF_VAULT_TAG": ("name=value: only vaults carrying this tag are managed", ""),
     "KVF_MODE": ("enforce (write) or audit (report only)", "audit"),
+    "KVF_LOCK_OPEN_VAULTS": (
+        "true: also set defaultAction Deny on vaults in scope whose firewall is open",
+        "false",
+    ),
+    "KVF_ENABLE_DISABLED_VAULTS": (
+        "true: switch vaults with public access disabled to selected networks (Deny + rules)",
+        "false",
+    ),
     "KVF_SCHEDULE": ("timer schedule, NCRONTAB with seconds, in UTC", DEFAULT_SCHEDULE),
     "KVF_ARM_ENDPOINT": ("Azure Resource Manager base URL", DEFAULT_ARM_ENDPOINT),
     "KVF_STATE": ("ledger location: a directory or an Azure Storage connection string", ""),
@@ -96,6 +104,8 @@ class Settings:
     extra_ip_rules: tuple[IPv4Network, ...] = ()
     vault_tag: tuple[str, str] | None = None
     mode: str = "audit"
+    lock_open_vaults: bool = False
+    enable_disabled_vaults: bool = False
     arm_endpoint: str = DEFAULT_ARM_ENDPOINT
     state: StateLocation = StateLocation(kind="local", value=DEFAULT_LOCAL_STATE)
     max_range_loss_percent: float = 20.0
@@ -156,6 +166,10 @@ class Settings:
             extra_ip_rules=extra,
             vault_tag=_parse_vault_tag(get("KVF_VAULT_TAG")),
             mode=_parse_mode(get("KVF_MODE") or "audit"),
+            lock_open_vaults=_parse_switch("KVF_LOCK_OPEN_VAULTS", get("KVF_LOCK_OPEN_VAULTS")),
+            enable_disabled_vaults=_parse_switch(
+                "KVF_ENABLE_DISABLED_VAULTS", get("KVF_ENABLE_DISABLED_VAULTS")
+            ),
             arm_endpoint=_parse_arm_endpoint(get("KVF_ARM_ENDPOINT") or DEFAULT_ARM_ENDPOINT),
             state=_parse_state(env),
             max_range_loss_percent=_parse_percent(get("KVF_MAX_RANGE_LOSS_PERCENT") or "20"),
@@ -256,6 +270,16 @@ def _parse_mode(value: str) -> str:
     if mode not in MODES:
         raise SettingsError(f"KVF_MODE: {value!r} is not one of {', '.join(MODES)}")
     return mode
+
+
+def _parse_switch(setting: str, value: str) -> bool:
+    """An on/off setting; anything but a clear yes or no is an error, never a guess (a typo
+    must not silently leave a lock-down off, or turn one on)."""
+    answer = {"": False, "false": False, "0": False, "no": False, "off": False,
+              "true": True, "1": True, "yes": True, "on": True}.get(value.lower())  # fmt: skip
+    if answer is None:
+        raise SettingsError(f"{setting}: {value!r} is not true or false")
+    return answer
 
 
 def _parse_arm_endpoint(value: str) -> str:

@@ -256,15 +256,21 @@ class Arm:
             return None
         return to_state(vault)
 
-    def update_network_acls(self, ref: VaultRef, network_acls: dict) -> VaultState:
-        """One PATCH of the complete networkAcls, and nothing else (never accessPolicies).
+    def update_network_acls(
+        self, ref: VaultRef, network_acls: dict, *, public_network_access: str | None = None
+    ) -> VaultState:
+        """One PATCH of the complete networkAcls, and nothing else (never accessPolicies);
+        `publicNetworkAccess` only when a lock-down option switches it, in the same write.
 
         Deliberately a single attempt (azure-core's retry is off for it): a retry must not
         re-send this body, because the vault may have changed meanwhile (a 409 means someone
         else is writing it). The caller re-reads, re-plans and paces with `write_backoff()`.
         """
         client = self._client(ref.subscription)
-        body = {"properties": {"networkAcls": network_acls}}
+        properties: dict = {"networkAcls": network_acls}
+        if public_network_access is not None:
+            properties["publicNetworkAccess"] = public_network_access
+        body = {"properties": properties}
         try:
             vault = client.vaults.update(
                 ref.resource_group,

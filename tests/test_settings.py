@@ -148,6 +148,8 @@ def test_every_documented_setting_is_read(monkeypatch):
         "KVF_EXTRA_IP_RULES": "52.1.2.3",
         "KVF_VAULT_TAG": "kvfirewall=managed",
         "KVF_MODE": "enforce",
+        "KVF_LOCK_OPEN_VAULTS": "true",
+        "KVF_ENABLE_DISABLED_VAULTS": "yes",
         "KVF_ARM_ENDPOINT": "https://management.usgovcloudapi.net",
         "KVF_STATE": "/var/kvf",
         "KVF_MAX_RANGE_LOSS_PERCENT": "5",
