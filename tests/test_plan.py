@@ -167,13 +167,15 @@ def vault_states(draw):
     present_subnets = draw(st.lists(st.sampled_from(SUBNETS), max_size=6))
     values = [_render(n, draw(st.booleans())) for n in present]
     ids = [s.lower() if draw(st.booleans()) else s for s in present_subnets]
+    pna = draw(st.sampled_from(["Enabled", "Enabled", "Disabled"]))
     if draw(st.integers(0, 5)) == 0:
-        return VaultState(id=VAULT, public_network_access="Enabled", network_acls=None)
+        return VaultState(id=VAULT, public_network_access=pna, network_acls=None)
     return vault(
         values,
         ids,
         default=draw(st.sampled_from(["Allow", "Deny"])),
         bypass=draw(st.sampled_from(["AzureServices", "None"])),
+        pna=pna,
     )
 
 
@@ -209,11 +211,11 @@ def _subnet_keys(state: VaultState) -> set:
     return {subnet_key(r["id"]) for r in acls.get("virtualNetworkRules", [])}
 
 
-def serve(state: VaultState, acls: dict) -> VaultState:
+def serve(state: VaultState, acls: dict, public: str | None = None) -> VaultState:
     """What Key Vault returns after a PATCH: /32 appended, subnet ids lower-cased."""
     return VaultState(
         id=state.id,
-        public_network_access=state.public_network_access,
+        public_network_access=public or state.public_network_access,
         network_acls={
             "defaultAction": acls["defaultAction"],
             "bypass": acls["bypass"],
@@ -223,23 +225,46 @@ def serve(state: VaultState, acls: dict) -> VaultState:
     )
 
 
-@settings(max_examples=400, deadline=None)
-@given(vault_states(), entries(), desires())
-def test_properties_of_every_plan(state, entry, want):
-    plan = plan_vault(state, entry, want)
-    after = serve(state, plan.network_acls) if plan.action == "write" else state
+def _open(state: VaultState) -> bool:
+    return str((state.network_acls or {}).get("defaultAction") or "Allow").lower() == "allow"
+
+
+def _enabled(state: VaultState) -> bool:
+    return (state.public_network_access or "").lower() != "disabled"
+
+
+@settings(max_examples=600, deadline=None)
+@given(vault_states(), entries(), desires(), st.booleans(), st.booleans())
+def test_properties_of_every_plan(state, entry, want, lock_open, enable_disabled):
+    options = {"lock_open": lock_open, "enable_disabled": enable_disabled}
+    plan = plan_vault(state, entry, want, **options)
+    if plan.action == "write":
+        after = serve(state, plan.network_acls, plan.public_network_access)
+    else:
+        after = state
     owned_nets = entry.ip_rules | entry.pending_ip_rules
     owned_subnets = entry.subnets | entry.pending_subnets
 
     # Never removes a foreign rule.
     assert _nets(state) - owned_nets <= _nets(after)
     assert _subnet_keys(state) - owned_subnets <= _subnet_keys(after)
-    # Never widens: nothing outside what was there plus the desired set; settings untouched.
+    # Never widens: nothing outside what was there plus the desired set; an open firewall
+    # only ever closes; public access is enabled only from "disabled", only when asked, and
+    # then every rule it brings to life is a desired one.
     assert _nets(after) <= _nets(state) | set(want.ip_rules)
     assert _subnet_keys(after) <= _subnet_keys(state) | set(want.subnets)
+    assert _open(after) <= _open(state)
+    if _enabled(after) and not _enabled(state):
+        assert enable_disabled
+        assert _nets(after) <= set(want.ip_rules)
+        assert _subnet_keys(after) <= set(want.subnets)
+        assert not _open(after)
     if plan.action == "write":
         before = state.network_acls or {}
-        assert plan.network_acls["defaultAction"] == (before.get("defaultAction") or "Allow")
+        default_action = before.get("defaultAction") or "Allow"
+        if lock_open or not _enabled(state):
+            default_action = "Deny" if _open(state) else default_action
+        assert plan.network_acls["defaultAction"] == default_action
         assert plan.network_acls["bypass"] == (before.get("bypass") or "AzureServices")
         values = [r["value"] for r in plan.network_acls["ipRules"]]
         # One network once, always canonical.
@@ -247,9 +272,12 @@ def test_properties_of_every_plan(state, entry, want):
         assert all(str(ip_network(v)) == v for v in values)
         ids = [subnet_key(r["id"]) for r in plan.network_acls["virtualNetworkRules"]]
         assert len(set(ids)) == len(ids)
-    # Converges: everything desired is there afterwards.
-    assert set(want.ip_rules) <= _nets(after)
-    assert set(want.subnets) <= _subnet_keys(after)
+    # Converges wherever rules take effect: everything desired is there afterwards, and a
+    # lock-down, when asked for, is done.
+    if _enabled(after):
+        assert set(want.ip_rules) <= _nets(after)
+        assert set(want.subnets) <= _subnet_keys(after)
+        assert not (lock_open and _open(after))
     # Removes only owned rules that left the desired set, and never claims foreign ones.
     removed_nets = {ip_network(c.rule) for c in plan.removed if not c.rule.startswith("/")}
     removed_subnets = {subnet_key(c.rule) for c in plan.removed if c.rule.startswith("/")}
@@ -257,12 +285,15 @@ def test_properties_of_every_plan(state, entry, want):
     assert removed_subnets <= owned_subnets - set(want.subnets)
     if want.missing_regions:
         assert not removed_nets  # an incomplete desired set removes no IP rule
+    if plan.action in ("skip", "refuse"):
+        assert plan.owned == entry and plan.network_acls is None  # nothing touched
+        return
     held = (owned_nets & _nets(state)) if want.missing_regions else set()
     assert plan.owned.ip_rules <= set(want.ip_rules) | held
     assert not (plan.owned.ip_rules & (_nets(state) - owned_nets))
     assert not (plan.owned.subnets & (_subnet_keys(state) - owned_subnets))
     # plan(apply(plan)) is a no-op.
-    again = plan_vault(after, plan.owned, want)
+    again = plan_vault(after, plan.owned, want, **options)
     assert again.action == "none", again
     assert again.owned == plan.owned
 
@@ -271,7 +302,44 @@ def test_properties_of_every_plan(state, entry, want):
 @given(entries(), desires())
 def test_vaults_with_public_access_disabled_are_never_written(entry, want):
     state = vault(["52.0.0.0/24"], pna="Disabled")
-    assert plan_vault(state, entry, want).action == "skip"
+    assert plan_vault(state, entry, want, lock_open=True).action == "skip"
+
+
+def test_lock_open_vaults_closes_an_open_firewall_and_says_so():
+    plan = plan_vault(
+        vault(["8.8.8.8"], default="Allow"), LedgerEntry(), desired(WEU), lock_open=True
+    )
+    assert plan.network_acls["defaultAction"] == "Deny"
+    assert ips_of(plan) == ["8.8.8.8/32", str(WEU)]  # someone's rule still admitted
+    assert plan.public_network_access is None
+    assert [c.rule for c in plan.access] == ["defaultAction: Allow -> Deny"]
+    assert "defaultAction: Allow -> Deny" in plan.reason
+    # An already compliant but open vault is written for the lock alone.
+    compliant = vault([str(WEU)], default="Allow")
+    entry = LedgerEntry(ip_rules=frozenset({WEU}))
+    assert plan_vault(compliant, entry, desired(WEU)).action == "none"
+    assert plan_vault(compliant, entry, desired(WEU), lock_open=True).action == "write"
+
+
+def test_enable_disabled_vaults_switches_to_selected_networks_with_only_desired_rules():
+    bare = VaultState(id=VAULT, public_network_access="Disabled", network_acls=None)
+    plan = plan_vault(bare, LedgerEntry(), desired(WEU), enable_disabled=True)
+    assert plan.action == "write"
+    assert plan.public_network_access == "Enabled"
+    assert plan.network_acls["defaultAction"] == "Deny"
+    assert ips_of(plan) == [str(WEU)]
+    assert {c.rule for c in plan.access} == {
+        "publicNetworkAccess: Disabled -> Enabled",
+        "defaultAction: Allow -> Deny",
+    }
+
+
+def test_a_disabled_vault_with_rules_outside_the_configured_set_is_not_switched():
+    """Its old rules had no effect while access was disabled; switching would admit them."""
+    stale = vault(["8.8.8.8", str(WEU)], pna="Disabled")
+    plan = plan_vault(stale, LedgerEntry(), desired(WEU), enable_disabled=True)
+    assert (plan.action, plan.network_acls, plan.public_network_access) == ("skip", None, None)
+    assert "not switched" in plan.reason and "8.8.8.8" in plan.reason
 
 
 def test_while_a_configured_region_has_no_ranges_no_owned_ip_rule_is_removed():
