@@ -515,6 +515,12 @@ class Emulator:
                 )
             )
 
+    def clear_faults(self) -> None:
+        """Disarm every injected fault and intercept that has not fired yet."""
+        with self._lock:
+            for armed in (self._faults, self._lost, self._resets, self._stalls, self._intercepts):
+                armed.clear()
+
     def reset_connection(self, method: str, path_regex: str, *, times: int = 1) -> None:
         """Drop the connection of the next `times` matching requests before processing
         them (a connection reset): the request surely did not apply."""
@@ -606,7 +612,10 @@ class Emulator:
             return _Response(0, drop=True)  # never processed, never recorded
         stall = self._take_fault(method, path, self._stalls)
         if stall is not None:
+            generation = self._generation
             time.sleep(float(stall.headers["seconds"]))
+            if generation != self._generation:  # reset meanwhile: a request of an old test
+                return _Response(0, drop=True)
         response = self._route(method, path, query, lower_headers, body, body_error)
         if hook is not None and hook.after is not None:
             hook.after(self)
