@@ -189,6 +189,20 @@ class Estate:
     def subnets(self, vault_id: str) -> set[str]:
         return {subnet_key(r["id"]) for r in self.acls(vault_id).get("virtualNetworkRules", [])}
 
+    def desired(self, settings: Settings | None = None):
+        return desired_rules(settings or self.settings(), parse_service_tags(OCTOBER, source="t"))
+
+    def converged(self) -> set[str]:
+        """The managed vaults that hold every desired rule now."""
+        desired = self.desired()
+        return {
+            vault_id
+            for vault_id, seeded in self.vaults.items()
+            if seeded.managed
+            and set(desired.ip_rules) <= self.nets(vault_id)
+            and set(desired.subnets) <= self.subnets(vault_id)
+        }
+
     def check(
         self,
         *,
@@ -200,7 +214,7 @@ class Estate:
         number of foreign rules lost (always 0)."""
         settings = settings or self.settings()
         store = store or self.store()
-        desired = desired_rules(settings, parse_service_tags(OCTOBER, source="test"))
+        desired = self.desired(settings)
         lost = 0
         for vault_id, seeded in self.vaults.items():
             vault = self.emulator.vault(vault_id)
