@@ -35,3 +35,19 @@ def test_the_readme_starts_azurite_as_the_tests_do():
     commands = [line for line in readme.splitlines() if line.startswith("npx azurite")]
     assert commands and all("--skipApiVersionCheck" in line for line in commands)
     assert "--skipApiVersionCheck" in (ROOT / "tests" / "conftest.py").read_text()
+
+
+def test_the_readme_carries_the_reliability_figures_of_a_passing_run():
+    """Written by scripts/reliability-figures, never by hand: the block it rewrites is there,
+    complete, and reports no rule lost."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(
+        r"<!-- reliability figures: written by scripts/reliability-figures -->\n(.*?)"
+        r"<!-- end of reliability figures -->",
+        readme,
+        flags=re.S,
+    )
+    assert block, "run ./scripts/reliability-figures"
+    figures = dict(re.findall(r"^\| ([a-z][^|]+?) \| (\d+) \|$", block.group(1), flags=re.M))
+    assert len(figures) == 4 and figures["foreign rules lost"] == "0"
+    assert int(figures["scenarios run (each followed by the invariant check)"]) > 0

@@ -9,7 +9,7 @@ what users rely on (`Estate.check`):
 - every write was one complete networkAcls (4 fields), never accessPolicies.
 
 Each scenario also counts what it put the product through; `scripts/reliability-figures`
-runs the suite with KVF_RELIABILITY_FIGURES set and writes the totals into the README.
+runs the suite with KVF_RELIABILITY_README set, and a passing run writes the totals there.
 """
 
 from __future__ import annotations
@@ -270,7 +270,26 @@ def figures(emulator):
     _totals.update(counts)
 
 
+BEGIN = "<!-- reliability figures: written by scripts/reliability-figures -->"
+END = "<!-- end of reliability figures -->"
+ROWS = {
+    "scenarios": "scenarios run (each followed by the invariant check)",
+    "faults injected": "faults injected (errors, resets, lost answers, stalls, 429s served)",
+    "malformed inputs": "malformed or hostile inputs tried (events, bodies, settings, sources)",
+    "rules lost": "foreign rules lost",
+}
+
+
+def render_figures(totals: Counter) -> str:
+    rows = "".join(f"| {label} | {totals[key]} |\n" for key, label in ROWS.items())
+    return f"{BEGIN}\n| figure | count |\n|---|---|\n{rows}{END}"
+
+
 def pytest_sessionfinish(session, exitstatus) -> None:
-    path = os.environ.get("KVF_RELIABILITY_FIGURES")
-    if path and exitstatus == 0:
-        Path(path).write_text(json.dumps(dict(_totals), indent=1, sort_keys=True))
+    """With KVF_RELIABILITY_README, a passing run writes its figures into that file."""
+    path = os.environ.get("KVF_RELIABILITY_README")
+    if not path or exitstatus != 0 or not _totals["scenarios"]:
+        return
+    text = Path(path).read_text()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    Path(path).write_text(text[:start] + render_figures(_totals) + text[end:])
