@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from queue import Full, Queue
 
 from kvfirewall.ledger import Lease, LeaseBusy, LedgerEntry, StateStore
 from kvfirewall.plan import Plan, VaultState, ip_values, plan_vault, subnet_values
@@ -38,7 +41,9 @@ from kvfirewall.sources import builtin_snapshot, fetch_snapshot
 from kvfirewall.vaults import Arm, OutOfTime, WriteFailed
 
 log = logging.getLogger("kvfirewall")
-WORKERS = 8
+WORKERS = 8  # vaults reconciled at once
+LISTERS = 4  # subscriptions listed at once
+LISTED_QUEUE = 4 * WORKERS  # listed vaults waiting for a worker
 # With a time budget (an HTTP request must answer within 230 s), no vault is started with less
 # than this left: enough for a read and a write; every call is also cut to the budget.
 VAULT_RESERVE_SECONDS = 30.0
@@ -172,12 +177,7 @@ def reconcile(
     if vault is not None:
         report.vaults.append(worker.one(vault))
     else:
-        states = _listed_in_scope(settings, arm, report)
-        with ThreadPoolExecutor(max_workers=WORKERS, initializer=thread_init) as pool:
-            for done, result in enumerate(pool.map(worker.in_budget, states), start=1):
-                report.vaults.append(result)
-                if progress:
-                    progress(done, result)
+        _reconcile_listed(settings, arm, worker, report, progress, thread_init)
         report.cut_short = sum(v.reason == NOT_REACHED for v in report.vaults)
     report.arm_calls = {
         field: getattr(arm.counts, field) - getattr(calls_before, field)
@@ -187,23 +187,72 @@ def reconcile(
     return report
 
 
-def _listed_in_scope(settings: Settings, arm: Arm, report: Report) -> Iterator[VaultState]:
-    for subscription in settings.subscriptions:
+def _reconcile_listed(
+    settings: Settings,
+    arm: Arm,
+    worker: _VaultWorker,
+    report: Report,
+    progress: Progress | None,
+    thread_init: Callable[[], None] | None,
+) -> None:
+    """Reconcile every listed vault in scope as its page arrives, on `WORKERS` threads.
+
+    At most `2 * WORKERS` vaults are in the workers' hands and `LISTED_QUEUE` listed ones wait
+    for them, so memory stays flat however large the estate: only the small results are kept.
+    """
+    in_flight: deque[Future[VaultResult]] = deque()
+
+    def finish(result: VaultResult) -> None:
+        report.vaults.append(result)
+        if progress:
+            progress(len(report.vaults), result)
+
+    with ThreadPoolExecutor(max_workers=WORKERS, initializer=thread_init) as pool:
+        for item in _listed(settings, arm, thread_init):
+            if isinstance(item, str):
+                report.warnings.append(item)
+            elif isinstance(item, VaultResult):
+                finish(item)
+            elif not in_scope(item, settings):
+                report.out_of_scope += 1
+            else:
+                in_flight.append(pool.submit(worker.in_budget, item))
+            while in_flight and (len(in_flight) >= 2 * WORKERS or in_flight[0].done()):
+                finish(in_flight.popleft().result())
+        while in_flight:
+            finish(in_flight.popleft().result())
+
+
+def _listed(
+    settings: Settings, arm: Arm, thread_init: Callable[[], None] | None
+) -> Iterator[VaultState | VaultResult | str]:
+    """Every vault of every managed subscription, listed `LISTERS` subscriptions at a time, as
+    pages arrive; a subscription that cannot be listed yields a result (and a warning)."""
+    queue: Queue = Queue(maxsize=LISTED_QUEUE)
+    stop = threading.Event()
+    finished = object()
+
+    def put(item: object) -> None:
+        while not stop.is_set():  # the consumer may have stopped: don't block for ever
+            try:
+                queue.put(item, timeout=0.5)
+                return
+            except Full:
+                continue
+
+    def list_subscription(subscription: str) -> None:
         try:
             for state in arm.list_vaults(subscription, reserve_seconds=VAULT_RESERVE_SECONDS):
-                if in_scope(state, settings):
-                    yield state
-                else:
-                    report.out_of_scope += 1
+                put(state)
         except OutOfTime:  # the subscription, or the rest of it
-            report.vaults.append(
+            put(
                 VaultResult(
                     id=f"/subscriptions/{subscription}", outcome="skipped", reason=NOT_REACHED
                 )
             )
         except Exception as exc:  # one subscription's failure must not stop the others
-            report.warnings.append(f"listing subscription {subscription} failed: {_safe(exc)}")
-            report.vaults.append(
+            put(f"listing subscription {subscription} failed: {_safe(exc)}")
+            put(
                 VaultResult(
                     id=f"/subscriptions/{subscription}",
                     outcome="failed",
@@ -212,6 +261,22 @@ def _listed_in_scope(settings: Settings, arm: Arm, report: Report) -> Iterator[V
                     retryable=True,
                 )
             )
+        finally:
+            put(finished)
+
+    with ThreadPoolExecutor(max_workers=LISTERS, initializer=thread_init) as listers:
+        for subscription in settings.subscriptions:
+            listers.submit(list_subscription, subscription)
+        try:
+            remaining = len(settings.subscriptions)
+            while remaining:
+                item = queue.get()
+                if item is finished:
+                    remaining -= 1
+                else:
+                    yield item
+        finally:
+            stop.set()
 
 
 class _VaultWorker:

@@ -645,3 +645,45 @@ def test_no_write_is_started_when_too_little_of_the_budget_is_left(
     assert (result.outcome, result.retryable) == ("failed", True)
     assert emulator.writes == 0
     assert not ledger_of(tmp_path, vault)  # nothing pending: nothing was sent
+
+
+def test_subscriptions_are_listed_in_parallel(emulator, estate, run):
+    """Both list requests must be in the emulator at once, or the barrier breaks the run."""
+    barrier = threading.Barrier(2, timeout=10)
+    emulator.intercept(
+        "GET", r"/providers/Microsoft\.KeyVault/vaults$", before=lambda _: barrier.wait(), times=2
+    )
+    report = run(write=False)
+    assert not report.failed and not report.warnings
+    assert not barrier.broken
+
+
+def test_a_large_estate_is_streamed_page_by_page_not_held_in_memory(emulator, tmp_path, run):
+    """Vaults are reconciled while later pages are still unread: the listing runs only a
+    bounded distance ahead of the workers, whatever the estate's size."""
+    from kvfirewall import reconcile as engine
+
+    emulator.set_service_tags(OCTOBER)
+    emulator.page_size = 10
+    for n in range(300):
+        emulator.add_vault(SUB_A, "apps", f"kv-{n:03}", tags=TAG)
+    run(write=False)  # settings, ranges and a warm credential
+    emulator.clear_log()
+    pages_read: list[int] = []
+
+    def first_result(done, _result) -> None:
+        if done == 1:
+            pages_read.append(sum(r.path.endswith("/vaults") for r in emulator.requests))
+
+    settings = Settings.from_env()
+    report = reconcile(
+        settings,
+        store=open_store(settings.state),
+        arm=Arm(endpoint=emulator.url, subscriptions=settings.subscriptions),
+        write=False,
+        mode="plan",
+        progress=first_result,
+    )
+    assert len(report.vaults) == 300
+    ahead = engine.LISTED_QUEUE + 2 * engine.WORKERS + engine.LISTERS * emulator.page_size
+    assert pages_read[0] <= ahead // emulator.page_size + 2 < 30
