@@ -687,3 +687,17 @@ def test_a_large_estate_is_streamed_page_by_page_not_held_in_memory(emulator, tm
     assert len(report.vaults) == 300
     ahead = engine.LISTED_QUEUE + 2 * engine.WORKERS + engine.LISTERS * emulator.page_size
     assert pages_read[0] <= ahead // emulator.page_size + 2 < 30
+
+
+def test_writes_are_paced_to_the_quota_without_a_storm_of_429s(emulator, run):
+    """A write bucket that refills at Resource Manager's rate but holds only 20 tokens: the
+    run spends it no faster than it refills, and every vault is written."""
+    emulator.set_service_tags(OCTOBER)
+    emulator.add_subnet(AGENTS)
+    for n in range(60):
+        emulator.add_vault(SUB_A, "apps", f"kv-{n:02}", tags=TAG)
+    emulator.throttle(reads=None, writes=(20, 10.0))
+    report = run()
+    assert report.counts["updated"] == 60
+    assert report.arm_calls["throttled"] <= 1  # at most 1 % of the writes; the emulator agrees
+    assert sum(r.status == 429 for r in emulator.requests) == report.arm_calls["throttled"]
