@@ -1,0 +1,126 @@
+"""Cold start: what `import function_app` costs next to the one SDK it needs at import.
+
+    .venv/bin/python -m bench.coldstart [--repeat 15] [--top 15]
+
+The Functions worker imports `function_app` to index the app before any invocation. All it
+needs then is `azure.functions`: the triggers import azure-identity, azure-mgmt-keyvault and
+the storage SDKs at their first invocation. So the reference is `import azure.functions`, and
+
+    ratio = median(import function_app) / median(import azure.functions)
+
+each timed inside a fresh interpreter (interpreter start-up excluded), the two alternating,
+`--repeat` times each, with no KVF_* or storage settings in the environment. Then
+`python -X importtime` shows what `import function_app` loads beyond `azure.functions`, and
+which of the SDKs a trigger uses lazily were loaded anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = "azure.functions"
+TARGET = "function_app"
+# Needed by some trigger at its first invocation, never to index the app.
+LAZY = (
+    "azure.core",
+    "azure.identity",
+    "azure.mgmt.keyvault",
+    "azure.data.tables",
+    "azure.storage.blob",
+    "requests",
+    "urllib3",
+    "kvfirewall.reconcile",
+    "kvfirewall.vaults",
+    "kvfirewall.ledger",
+    "kvfirewall.sources",
+)
+_TIMED = "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without settings: indexing must not depend on (or read) them."""
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith(("KVF_", "AzureWebJobs", "AZURE_"))
+    }
+
+
+def python(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+def import_seconds(module: str) -> float:
+    """Seconds `import module` takes in a fresh interpreter."""
+    return float(python("-c", _TIMED.format(module=module)).stdout)
+
+
+def importtime_beyond_reference() -> list[tuple[int, int, int, str]]:
+    """(self µs, cumulative µs, depth, module) of every module `import function_app` loads
+    once `azure.functions` is already imported, in import-time order."""
+    stderr = python("-X", "importtime", "-c", f"import {REFERENCE}; import {TARGET}").stderr
+    rows: list[tuple[int, int, int, str]] = []
+    past_reference = False
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line or "self [us]" in line:
+            continue
+        self_us, cumulative_us, name = line.removeprefix("import time:").split("|")
+        depth = (len(name) - len(name.lstrip())) // 2
+        if past_reference:
+            rows.append((int(self_us), int(cumulative_us), depth, name.strip()))
+        elif depth == 0 and name.strip() == REFERENCE:
+            past_reference = True
+    return rows
+
+
+def loaded_lazily_needed() -> list[str]:
+    """Which of the `LAZY` modules `import function_app` loads anyway."""
+    names = ", ".join(repr(m) for m in LAZY)
+    code = f"import sys, {TARGET}; print(*[m for m in ({names},) if m in sys.modules])"
+    return python("-c", code).stdout.split()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.coldstart",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--repeat", type=int, default=15, help="fresh processes per import")
+    parser.add_argument("--top", type=int, default=15, help="modules listed by import time")
+    args = parser.parse_args(argv)
+
+    timings: dict[str, list[float]] = {REFERENCE: [], TARGET: []}
+    for _ in range(args.repeat):
+        for module in timings:  # alternating, so that a busy moment hits both alike
+            timings[module].append(import_seconds(module))
+    reference, target = (statistics.median(timings[m]) for m in (REFERENCE, TARGET))
+    print(f"import {REFERENCE:<16} median {reference * 1000:7.1f} ms  ({args.repeat} processes)")
+    print(f"import {TARGET:<16} median {target * 1000:7.1f} ms  ({args.repeat} processes)")
+    print(f"ratio {target / reference:.2f}")
+
+    rows = importtime_beyond_reference()
+    total = sum(cumulative for _, cumulative, depth, _ in rows if depth == 0)
+    print(f"\n-X importtime: {len(rows)} modules beyond {REFERENCE}, {total / 1000:.1f} ms")
+    print(f"top {args.top} by cumulative time:")
+    for self_us, cumulative_us, depth, name in sorted(rows, key=lambda r: -r[1])[: args.top]:
+        indent = "  " * depth
+        print(f"  {cumulative_us / 1000:7.1f} ms  (self {self_us / 1000:5.1f})  {indent}{name}")
+    loaded = loaded_lazily_needed()
+    print(f"\nloaded at import though only triggers need them: {', '.join(loaded) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
