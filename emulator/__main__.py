@@ -6,7 +6,8 @@ benchmarks (and prints KVF_SUBSCRIPTIONS with the rest of the environment); `--l
 the process is driven from stdin, one command a line, each answered by one JSON line on
 stdout, so that a benchmark can read the emulator's counters without sharing its memory:
 
-    stats   requests seen, by kind and answer; successful writes and when they happened
+    stats   requests seen, by kind and answer; successful writes and when they happened;
+            the CPU time the emulator has used
     event   the newest Event Grid event (one is raised per successful vault write)
     clear   forget the request log, the events and the counters (vaults are kept)
     drift ID  open the vault's firewall and drop its rules, as its team might (no event)
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import shlex
 import signal
 import sys
@@ -30,6 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from . import Emulator, vaults
+from .server import _Handler
+
+# Responses leave in two writes (headers, then body); with Nagle's algorithm the body waits for
+# the client's delayed ACK of the headers, about 40 ms on Linux, on every call. A benchmark
+# must see only the latency it sets. (The tests' in-process emulator keeps the default: a
+# time-budget test in tests/test_reconcile.py depends on that pacing.)
+_Handler.disable_nagle_algorithm = True
 
 _FIXTURE = (
     Path(__file__).resolve().parent.parent
@@ -104,7 +113,14 @@ def stats(emu: Emulator) -> dict[str, Any]:
         "writeSeconds": max(stamps) - min(stamps) if stamps else 0.0,
         "maxWritesPerSubscription": max((len(t) for t in by_subscription.values()), default=0),
         "tokenRequests": emu.token_requests,
+        "cpuSeconds": _cpu_seconds(),
     }
+
+
+def _cpu_seconds() -> float:
+    """CPU time this process has used so far: the emulator shares the machine it measures."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _drift(emu: Emulator, vault_id: str) -> str:
