@@ -74,6 +74,7 @@ def run(phase: str, event: dict[str, Any] | None) -> dict[str, Any]:
                 progress=heartbeat,
             )
     errors = sorted({v.error for v in report.vaults if v.error})
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "seconds": report.duration_seconds,
         "armCalls": report.arm_calls,
@@ -81,7 +82,8 @@ def run(phase: str, event: dict[str, Any] | None) -> dict[str, Any]:
         "cutShort": report.cut_short,
         "errors": errors[:5],
         # Linux reports ru_maxrss in KiB.
-        "peakRssMb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peakRssMb": usage.ru_maxrss / 1024,
+        "cpuSeconds": usage.ru_utime + usage.ru_stime,  # imports included
     }
 
 

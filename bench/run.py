@@ -166,7 +166,14 @@ def list_pages(vaults: int, subscriptions: int, page_size: int) -> int:
     return sum(max(1, -(-n // page_size)) for n in per)
 
 
-def row(args: argparse.Namespace, phase: str, result: dict, process_s: float, emu: dict) -> dict:
+def row(
+    args: argparse.Namespace,
+    phase: str,
+    result: dict,
+    process_s: float,
+    emu: dict,
+    emulator_cpu_before: float,
+) -> dict:
     """Everything measured about one phase, with the derived figures."""
     seconds = result["seconds"]
     calls = result["armCalls"]
@@ -193,6 +200,8 @@ def row(args: argparse.Namespace, phase: str, result: dict, process_s: float, em
         "writesApplied": applied,
         "listPages": list_pages(args.vaults, args.subscriptions, args.page_size),
         "peakRssMb": round(result["peakRssMb"], 1),
+        "cpuSeconds": round(result["cpuSeconds"], 2),
+        "emulatorCpuSeconds": round(emu["cpuSeconds"] - emulator_cpu_before, 2),
         "writesPerSecond": round(applied / seconds, 2) if quota and seconds > 0 else None,
         "quotaCeilingWrites": round(ceiling) if quota else None,
         "quotaUse": round(applied / ceiling, 4) if quota else None,
@@ -266,15 +275,17 @@ def main(argv: list[str] | None = None) -> int:
                 if phase == "event-drift":
                     emulator.ask(f"drift {event['subject']}")
                 emulator.ask("clear")
+                cpu_before = emulator.ask("stats")["cpuSeconds"]
                 log(f"phase {phase} ...")
                 result, process_s = run_phase(
                     env, phase, event if phase.startswith("event") else None
                 )
-                data = row(args, phase, result, process_s, emulator.ask("stats"))
+                data = row(args, phase, result, process_s, emulator.ask("stats"), cpu_before)
                 rows.append(data)
                 log(
                     f"phase {phase}: {data['seconds']:.2f} s, {data['reads']} reads, "
-                    f"{data['writes']} writes, {data['throttled']} 429s, {data['counts']}"
+                    f"{data['writes']} writes, {data['throttled']} 429s, {data['counts']}; "
+                    f"CPU s: reconciler {data['cpuSeconds']}, emulator {data['emulatorCpuSeconds']}"
                 )
                 if phase == "full":
                     event = emulator.ask("event")
