@@ -198,6 +198,8 @@ def row(
         "emulatorReads": emu["reads"],
         "emulatorWrites": emu["writes"],
         "writesApplied": applied,
+        "writeWindowSeconds": round(emu["writeSeconds"], 3),  # first to last applied write
+        "tokenRequests": emu["tokenRequests"],
         "listPages": list_pages(args.vaults, args.subscriptions, args.page_size),
         "peakRssMb": round(result["peakRssMb"], 1),
         "cpuSeconds": round(result["cpuSeconds"], 2),
