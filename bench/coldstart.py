@@ -42,6 +42,8 @@ LAZY = (
     "azure.storage.blob",
     "requests",
     "urllib3",
+    "kvfirewall.service",
+    "kvfirewall.settings",
     "kvfirewall.reconcile",
     "kvfirewall.vaults",
     "kvfirewall.ledger",
