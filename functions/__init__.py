@@ -3,6 +3,10 @@ calls of `kvfirewall.service` and its results into logs and responses; nothing e
 
 No `from __future__ import annotations` in these modules: the Functions worker reads the
 parameter annotations at indexing time and needs real types, not strings.
+
+The worker imports these modules on every cold start, to index the app before any invocation:
+each trigger imports the engine (settings, service, and the Azure SDKs behind them) when it
+first runs, so that indexing costs little more than `azure.functions` itself.
 """
 
 import logging

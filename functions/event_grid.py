@@ -11,8 +11,6 @@ import logging
 
 import azure.functions as func
 
-from kvfirewall.service import RetryLater, log_report, service_from_env
-
 bp = func.Blueprint()
 log = logging.getLogger("kvfirewall")
 
@@ -22,6 +20,8 @@ log = logging.getLogger("kvfirewall")
 # Annotated with EventGridEvent because the worker accepts only a plain class here; it passes a
 # CloudEvent instead when the subscription delivers the CloudEvents schema.
 def reconcile_event(event: func.EventGridEvent) -> None:
+    from kvfirewall.service import RetryLater, log_report, service_from_env
+
     event_type = event.type if isinstance(event, func.CloudEvent) else event.event_type
     data = event.get_json()  # both schemas; the raw `data`, not necessarily an object
     service = service_from_env()

@@ -12,13 +12,14 @@ and says so in the report (`cutShort`); the timer reconciles the rest. Errors an
 import json
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import azure.functions as func
 
 from functions import invocation_threads
-from kvfirewall.api import BadRequest, ReconcileRequest, parse_reconcile_request
-from kvfirewall.service import Service, log_report, service_from_env
-from kvfirewall.settings import SettingsError
+
+if TYPE_CHECKING:
+    from kvfirewall.service import Service
 
 bp = func.Blueprint()
 log = logging.getLogger("kvfirewall")
@@ -27,7 +28,9 @@ log = logging.getLogger("kvfirewall")
 @bp.function_name("reconcile_http")
 @bp.route(route="reconcile", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def reconcile_http(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
-    def run(service: Service) -> dict:
+    from kvfirewall.api import parse_reconcile_request
+
+    def run(service: "Service") -> dict:
         request = parse_reconcile_request(
             req.get_body() or b"", subscriptions=service.settings.subscriptions
         )
@@ -39,6 +42,8 @@ def reconcile_http(req: func.HttpRequest, context: func.Context) -> func.HttpRes
 @bp.function_name("plan_http")
 @bp.route(route="plan", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def plan_http(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    from kvfirewall.api import ReconcileRequest
+
     request = ReconcileRequest(dry_run=True)
     threads = invocation_threads(context)
     return _answer(lambda s: _reported(s.requested_run(request, thread_init=threads)))
@@ -51,11 +56,17 @@ def ranges_http(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _reported(report) -> dict:
+    from kvfirewall.service import log_report
+
     log_report(report)
     return report.to_json()
 
 
-def _answer(handle: Callable[[Service], dict]) -> func.HttpResponse:
+def _answer(handle: Callable[["Service"], dict]) -> func.HttpResponse:
+    from kvfirewall.api import BadRequest
+    from kvfirewall.service import service_from_env
+    from kvfirewall.settings import SettingsError
+
     try:
         return _json(200, handle(service_from_env()))
     except SettingsError as exc:

@@ -11,7 +11,6 @@ import logging
 import azure.functions as func
 
 from functions import invocation_threads
-from kvfirewall.service import log_report, service_from_env
 
 bp = func.Blueprint()
 log = logging.getLogger("kvfirewall")
@@ -26,6 +25,8 @@ class RunFailed(Exception):
     arg_name="timer", schedule="%KVF_SCHEDULE%", run_on_startup=False, use_monitor=True
 )
 def reconcile_timer(timer: func.TimerRequest, context: func.Context) -> None:
+    from kvfirewall.service import log_report, service_from_env
+
     if timer.past_due:
         log.warning("kvfirewall timer is past due; reconciling now")
     report = service_from_env().scheduled_run(thread_init=invocation_threads(context))

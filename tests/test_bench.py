@@ -1,0 +1,39 @@
+"""The benchmark runs end to end on a tiny estate (its figures are not checked, only its counts)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_benchmark_runs_every_phase_and_the_rerun_writes_nothing():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {
+        row["phase"]: row
+        for row in map(json.loads, (x for x in result.stdout.splitlines() if x.startswith("{")))
+    }
+    assert list(rows) == ["full", "rerun", "event", "event-drift"]
+    for row in rows.values():
+        for field in ("seconds", "reads", "writes", "throttledClient", "throttledEmulator"):
+            assert isinstance(row[field], (int, float)), field
+        assert row["peakRssMb"] > 0
+    full, rerun = rows["full"], rows["rerun"]
+    assert full["counts"] == {"updated": 20} and full["writesApplied"] == 20
+    assert 0 < full["quotaUse"] <= 1 and full["writesPerSecond"] > 0
+    assert rerun["counts"] == {"unchanged": 20}
+    assert rerun["writes"] == rerun["emulatorWrites"] == 0
+    assert rerun["reads"] <= rerun["listPages"] + rerun["subscriptions"]
+    assert (rows["event"]["reads"], rows["event"]["writes"]) == (1, 0)
+    assert (rows["event-drift"]["reads"], rows["event-drift"]["writes"]) == (1, 1)
