@@ -32,13 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from . import Emulator, vaults
-from .server import _Handler
-
-# Responses leave in two writes (headers, then body); with Nagle's algorithm the body waits for
-# the client's delayed ACK of the headers, about 40 ms on Linux, on every call. A benchmark
-# must see only the latency it sets. (The tests' in-process emulator keeps the default: a
-# time-budget test in tests/test_reconcile.py depends on that pacing.)
-_Handler.disable_nagle_algorithm = True
 
 _FIXTURE = (
     Path(__file__).resolve().parent.parent
