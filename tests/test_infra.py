@@ -5,9 +5,11 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.metadata
+import subprocess
 import sys
 from pathlib import Path
 
+import pathspec
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -79,3 +81,38 @@ def test_requirements_install_every_runtime_import_and_nothing_unused():
     needed = {provider(module) for module in runtime_imports()}
     assert needed <= with_dependencies(declared), "imported but never installed"
     assert declared <= needed, "installed but never imported"
+
+
+# ---- .funcignore: what `func azure functionapp publish` uploads -------------------------------
+
+
+def published(paths: list[str]) -> set[str]:
+    """The paths that .funcignore (gitignore syntax) lets through."""
+    spec = pathspec.GitIgnoreSpec.from_lines((ROOT / ".funcignore").read_text().splitlines())
+    return {path for path in paths if not spec.match_file(path)}
+
+
+def test_funcignore_publishes_the_app_and_nothing_else():
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    # Not tracked, but present on a developer's machine when they publish.
+    local = [
+        ".venv/bin/python",
+        "node_modules/azurite/package.json",
+        "local.settings.json",
+        "kvfirewall/__pycache__/rules.cpython-311.pyc",
+        ".azurite/__azurite_db_blob__.json",
+        "bench/run.py",
+        "docs/notes.md",
+        "infra/azuredeploy.json",
+        ".git/HEAD",
+    ]
+    kept = published(tracked + local)
+    app = ("function_app.py", "host.json", "requirements.txt", "functions/", "kvfirewall/")
+    assert kept == {path for path in tracked if path.startswith(app)}
+    assert {
+        "kvfirewall/data/ServiceTags_Public_20251028.AzureDevOps-only.json",
+        "kvfirewall/settings.py",
+        "functions/event_grid.py",
+    } <= kept
