@@ -447,3 +447,35 @@ def test_vault_writes_reach_the_event_grid_function_with_retries_and_dead_letter
     app, loop = (d["properties"]["parameters"] for d in load()["resources"][1:])
     assert app["appName"]["value"] == "[variables('appName')]"
     assert "'Microsoft.Web/sites', variables('appName')" in loop["functionAppId"]["value"]
+
+
+def readme_actions(role: str) -> list[str]:
+    """The actions README.md lists for a custom role, under "`<role> (...)` allows exactly:"."""
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(rf"`{role} \(<subscription id>\)` allows exactly:\n\n((?:- .*\n)+)", readme)
+    return re.findall(r"^- `([\w./]+)`", found[1], flags=re.M)
+
+
+def test_custom_roles_allow_exactly_the_documented_actions():
+    definitions = resources("Microsoft.Authorization/roleDefinitions")
+    assigned = " ".join(
+        level.resolve(r["properties"]["roleDefinitionId"])
+        for level, r in resources("Microsoft.Authorization/roleAssignments")
+    )
+    for role, is_assigned in (
+        ("kvfirewall vault firewall", True),
+        ("kvfirewall subnet joiner", False),
+    ):
+        [definition] = [r for _, r in definitions if f"'{role} (" in r["properties"]["roleName"]]
+        properties = definition["properties"]
+        [permissions] = properties["permissions"]
+        assert sorted(permissions["actions"]) == sorted(readme_actions(role)), role
+        assert not (permissions["notActions"] or permissions["dataActions"])
+        assert properties["assignableScopes"] == ["[subscription().id]"]
+        assert (definition["name"][1:-1] in assigned) == is_assigned, role
+    # Least privilege: growing this list is a security decision, not a documentation change.
+    assert set(readme_actions("kvfirewall vault firewall")) == {
+        "Microsoft.KeyVault/vaults/read",
+        "Microsoft.KeyVault/vaults/write",
+        "Microsoft.Network/locations/serviceTags/read",
+    }
