@@ -289,6 +289,23 @@ def test_references_name_resource_types_the_template_defines():
                 assert referenced and referenced[0] in here, (level.path, dependency)
 
 
+def test_resources_depend_on_the_resources_they_reference():
+    """reference() by resource id adds no implicit dependency: without dependsOn, ARM may read
+    a resource of the same deployment before it exists."""
+    for level in levels():
+        here = {r["type"] for r in level.resources}
+        for resource in level.resources:
+            after = {level.resolve(dependency) for dependency in resource.get("dependsOn", [])}
+            for expression in expressions(resource):
+                rest = level.resolve(expression)
+                while "reference(" in rest:
+                    target = arguments(rest, "reference")[0]
+                    referenced = re.findall(r"'(Microsoft\.\w+/[\w/]+)'", target)
+                    if referenced and referenced[0] in here:
+                        assert target in after, (resource["type"], target)
+                    rest = rest[rest.index("reference(") + len("reference(") :]
+
+
 def test_every_kvf_setting_is_an_app_setting_with_the_code_default():
     root = load()["parameters"]
     settings = app_settings()
