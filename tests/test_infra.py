@@ -1,4 +1,6 @@
-"""What gets deployed: the published files and their requirements, checked offline."""
+"""What gets deployed, checked offline: the published files, their requirements, and the ARM
+template in infra/ with the README's account of its permissions. Nothing here needs Azure, so
+what is checked is what a template can get wrong before Resource Manager sees it."""
 
 from __future__ import annotations
 
