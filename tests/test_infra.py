@@ -468,11 +468,12 @@ def test_vault_writes_reach_the_event_grid_function_with_retries_and_dead_letter
     assert "'Microsoft.Web/sites', variables('appName')" in loop["functionAppId"]["value"]
 
 
-def readme_actions(role: str) -> list[str]:
-    """The actions README.md lists for a custom role, under "`<role> (...)` allows exactly:"."""
+def readme_actions(marker: str) -> list[str]:
+    """The actions README.md lists, in a table or a bullet list, after the text `marker`."""
     readme = (ROOT / "README.md").read_text()
-    found = re.search(rf"`{role} \(<subscription id>\)` allows exactly:\n\n((?:- .*\n)+)", readme)
-    return re.findall(r"^- `([\w./]+)`", found[1], flags=re.M)
+    after = readme[readme.index(marker) :].split("\n\n")[1:]
+    block = next(part for part in after if part.startswith(("|", "- ")))
+    return re.findall(r"^(?:\| |- )`(Microsoft\.[\w./]+)`", block, flags=re.M)
 
 
 def test_custom_roles_allow_exactly_the_documented_actions():
@@ -481,19 +482,21 @@ def test_custom_roles_allow_exactly_the_documented_actions():
         level.resolve(r["properties"]["roleDefinitionId"])
         for level, r in resources("Microsoft.Authorization/roleAssignments")
     )
-    for role, is_assigned in (
-        ("kvfirewall vault firewall", True),
-        ("kvfirewall subnet joiner", False),
-    ):
+    documented = {
+        "kvfirewall operator": "**Least privilege.**",
+        "kvfirewall subnet joiner": "`kvfirewall subnet joiner (<subscription id>)` allows exactly:",
+    }
+    for role, marker in documented.items():
         [definition] = [r for _, r in definitions if f"'{role} (" in r["properties"]["roleName"]]
         properties = definition["properties"]
         [permissions] = properties["permissions"]
-        assert sorted(permissions["actions"]) == sorted(readme_actions(role)), role
+        assert sorted(permissions["actions"]) == sorted(readme_actions(marker)), role
         assert not (permissions["notActions"] or permissions["dataActions"])
         assert properties["assignableScopes"] == ["[subscription().id]"]
-        assert (definition["name"][1:-1] in assigned) == is_assigned, role
+        # The operator role is assigned to the app; the subnet role is for people to assign.
+        assert (definition["name"][1:-1] in assigned) == (role == "kvfirewall operator"), role
     # Least privilege: growing this list is a security decision, not a documentation change.
-    assert set(readme_actions("kvfirewall vault firewall")) == {
+    assert set(readme_actions(documented["kvfirewall operator"])) == {
         "Microsoft.KeyVault/vaults/read",
         "Microsoft.KeyVault/vaults/write",
         "Microsoft.Network/locations/serviceTags/read",
