@@ -1,0 +1,503 @@
+"""What gets deployed, checked offline: the published files, their requirements, and the ARM
+template in infra/ with the README's account of its permissions. Nothing here needs Azure, so
+what is checked is what a template can get wrong before Resource Manager sees it."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.metadata
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pathspec
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from kvfirewall.events import VAULT_WRITE_OPERATION, WRITE_SUCCESS
+from kvfirewall.settings import DEFAULT_ARM_ENDPOINT, DEFAULT_SCHEDULE, SETTINGS, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNTIME_CODE = [
+    ROOT / "function_app.py",
+    *ROOT.glob("functions/*.py"),
+    *ROOT.glob("kvfirewall/*.py"),
+]
+
+
+# ---- requirements.txt: the remote build installs exactly these ------------------------------
+
+
+def runtime_imports() -> set[str]:
+    """Third-party modules the published code imports, at the top or inside functions."""
+    local = {"kvfirewall", "functions", "__future__", *sys.stdlib_module_names}
+    names = set()
+    for path in RUNTIME_CODE:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module)
+    return {name for name in names if name.split(".")[0] not in local}
+
+
+@functools.cache
+def module_providers() -> dict[str, str]:
+    """Module name -> installed distribution. By file, not by top-level name: `azure` is a
+    namespace that dozens of distributions share."""
+    providers = {}
+    for dist in importlib.metadata.distributions():
+        for file in dist.files or ():
+            parts = file.with_suffix("").parts
+            if file.suffix == ".py" and ".." not in parts:
+                module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+                providers[module] = canonicalize_name(dist.metadata["Name"])
+    return providers
+
+
+def provider(module: str) -> str:
+    """The distribution of a module, or of its nearest package (`from azure.x import Name`)."""
+    parts = module.split(".")
+    while parts and ".".join(parts) not in module_providers():
+        parts.pop()
+    return module_providers()[".".join(parts)]
+
+
+def with_dependencies(names: set[str]) -> set[str]:
+    """The distributions and everything they install, extras left out."""
+    found, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            for spec in importlib.metadata.requires(name) or ():
+                requirement = Requirement(spec)
+                if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                    todo.append(canonicalize_name(requirement.name))
+    return found
+
+
+def test_requirements_install_every_runtime_import_and_nothing_unused():
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    declared = {
+        canonicalize_name(Requirement(line).name) for line in lines if line and line[0] != "#"
+    }
+    needed = {provider(module) for module in runtime_imports()}
+    assert needed <= with_dependencies(declared), "imported but never installed"
+    assert declared <= needed, "installed but never imported"
+
+
+# ---- .funcignore: what `func azure functionapp publish` uploads -------------------------------
+
+
+def published(paths: list[str]) -> set[str]:
+    """The paths that .funcignore (gitignore syntax) lets through."""
+    spec = pathspec.GitIgnoreSpec.from_lines((ROOT / ".funcignore").read_text().splitlines())
+    return {path for path in paths if not spec.match_file(path)}
+
+
+def test_funcignore_publishes_the_app_and_nothing_else():
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    # Not tracked, but present on a developer's machine when they publish.
+    local = [
+        ".venv/bin/python",
+        "node_modules/azurite/package.json",
+        "local.settings.json",
+        "kvfirewall/__pycache__/rules.cpython-311.pyc",
+        ".azurite/__azurite_db_blob__.json",
+        "bench/run.py",
+        "docs/notes.md",
+        "infra/azuredeploy.json",
+        ".git/HEAD",
+    ]
+    kept = published(tracked + local)
+    app = ("function_app.py", "host.json", "requirements.txt", "functions/", "kvfirewall/")
+    assert kept == {path for path in tracked if path.startswith(app)}
+    assert {
+        "kvfirewall/data/ServiceTags_Public_20251028.AzureDevOps-only.json",
+        "kvfirewall/settings.py",
+        "functions/event_grid.py",
+    } <= kept
+
+
+# ---- infra/azuredeploy.json: parsed and checked offline -------------------------------------
+
+INFRA = ROOT / "infra"
+SCHEMAS = {
+    "subscription": "https://schema.management.azure.com/schemas/2018-05-01/subscriptionDeploymentTemplate.json#",
+    "resourceGroup": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+}
+# The template functions this template may call (ARM's function reference): a typo is caught
+# here, since neither `az bicep` nor arm-ttk runs offline.
+ARM_FUNCTIONS = {
+    "copyIndex", "createArray", "deployment", "empty", "environment", "extensionResourceId",
+    "filter", "format", "guid", "if", "join", "lambda", "lambdaVariables", "length", "not",
+    "parameters", "reference", "replace", "resourceGroup", "resourceId", "split", "subscription",
+    "subscriptionResourceId", "trim", "uniqueString", "variables",
+}  # fmt: skip
+BUILTIN_ROLES = {
+    "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
+    "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
+    "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
+    "974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor",
+    "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+}
+
+
+@dataclass(frozen=True)
+class Level:
+    """One template, the root or a nested one, and the scope it is deployed at. Every nested
+    template has inner scope, so each level's expressions see only its own declarations."""
+
+    path: str
+    scope: str  # "subscription" | "resourceGroup"
+    template: dict
+
+    @property
+    def resources(self) -> list[dict]:
+        return self.template.get("resources", [])
+
+    def resolve(self, expression: str) -> str:
+        """An expression without its brackets, with this level's variables substituted."""
+        variables = self.template.get("variables", {})
+        inner = expression[1:-1] if expression.startswith("[") else repr(expression)
+        return re.sub(r"variables\('(\w+)'\)", lambda m: self.resolve(variables[m[1]]), inner)
+
+
+def load(name: str = "azuredeploy.json") -> dict:
+    return json.loads((INFRA / name).read_text())
+
+
+def levels(
+    template: dict | None = None, scope: str = "subscription", path: str = ""
+) -> list[Level]:
+    """The template and every template nested in it, depth first."""
+    template = load() if template is None else template
+    found = [Level(path or "root", scope, template)]
+    for resource in template.get("resources", []):
+        if resource["type"] == "Microsoft.Resources/deployments":
+            inner = "resourceGroup" if "resourceGroup" in resource else scope
+            nested = resource["properties"]["template"]
+            found += levels(nested, inner, f"{path}/{resource['name']}")
+    return found
+
+
+def resources(type_: str) -> list[tuple[Level, dict]]:
+    return [(lvl, r) for lvl in levels() for r in lvl.resources if r["type"] == type_]
+
+
+def expressions(node):
+    """Every `[expression]` in a template level: values and object keys, not those of nested
+    templates (their own level), but those of the parameters passed to them."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "template" and isinstance(value, dict) and "resources" in value:
+                continue
+            yield from expressions(key)
+            yield from expressions(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from expressions(item)
+    elif isinstance(node, str) and node.startswith("[") and not node.startswith("[["):
+        yield node
+
+
+def arguments(expression: str, function: str) -> list[str]:
+    """The top-level arguments of the first call of `function` in an expression."""
+    start = re.search(rf"\b{function}\(", expression).end()
+    args, depth, quoted, current = [], 0, False, ""
+    for char in expression[start:]:
+        quoted ^= char == "'"
+        if not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            if depth == 0:
+                return [*args, current.strip()]
+            depth -= 1
+        if not quoted and depth == 0 and char == ",":
+            args, current = [*args, current.strip()], ""
+        else:
+            current += char
+    raise AssertionError(f"unbalanced call of {function} in {expression}")
+
+
+def granted(level: Level, assignment: dict) -> str:
+    """The role a role assignment grants: a built-in one by name, a custom one by its id."""
+    role = level.resolve(assignment["properties"]["roleDefinitionId"])
+    return next((name for guid, name in BUILTIN_ROLES.items() if guid in role), role)
+
+
+def app_settings() -> dict[str, str]:
+    [(_, site)] = resources("Microsoft.Web/sites")
+    return {s["name"]: s["value"] for s in site["properties"]["siteConfig"]["appSettings"]}
+
+
+def test_templates_are_json_with_the_schema_of_their_scope():
+    for level in levels():
+        assert level.template["$schema"] == SCHEMAS[level.scope], level.path
+        assert level.template["contentVersion"] == "1.0.0.0"
+        for resource in level.resources:
+            assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", resource["apiVersion"]), resource["type"]
+    parameters = load("azuredeploy.parameters.json")
+    assert parameters["$schema"].endswith("/2019-04-01/deploymentParameters.json#")
+
+
+def test_expressions_call_known_functions_with_balanced_quotes_and_parentheses():
+    for level in levels():
+        for expression in expressions(level.template):
+            assert expression.endswith("]"), expression
+            bare = re.sub(r"'(?:[^']|'')*'", "''", expression[1:-1])
+            assert "'" not in bare.replace("''", ""), expression
+            depth = 0
+            for char in bare:
+                depth += {"(": 1, ")": -1}.get(char, 0)
+                assert depth >= 0, expression
+            assert depth == 0, expression
+            assert set(re.findall(r"(\w+)\(", bare)) <= ARM_FUNCTIONS, expression
+            assert "utcNow" not in expression and "newGuid" not in expression
+
+
+def test_every_parameter_and_variable_is_declared_and_used():
+    for level in levels():
+        used = " ".join(expressions(level.template))
+        for kind in ("parameters", "variables"):
+            declared = set(level.template.get(kind, {}))
+            assert set(re.findall(rf"{kind}\('(\w+)'\)", used)) == declared, (level.path, kind)
+    for _, deployment in resources("Microsoft.Resources/deployments"):
+        properties = deployment["properties"]
+        assert properties["expressionEvaluationOptions"] == {"scope": "inner"}
+        assert set(properties["parameters"]) == set(properties["template"]["parameters"])
+
+
+def test_references_name_resource_types_the_template_defines():
+    """resourceId()s and dependsOn name resources of this deployment, not typos: dependsOn a
+    resource of the same level, resourceId()s anything the deployment creates."""
+    every_type = {r["type"] for level in levels() for r in level.resources}
+    for level in levels():
+        here = {r["type"] for r in level.resources}
+        for expression in expressions(level.template):
+            for match in re.finditer(r"(?:resourceId|ResourceId)\(", expression):
+                referenced = re.findall(r"'(Microsoft\.\w+/[\w/]+)'", expression[match.start() :])
+                assert referenced and referenced[0] in every_type, expression
+        for resource in level.resources:
+            for dependency in resource.get("dependsOn", []):
+                referenced = re.findall(r"'(Microsoft\.\w+/[\w/]+)'", level.resolve(dependency))
+                assert referenced and referenced[0] in here, (level.path, dependency)
+
+
+def test_resources_depend_on_the_resources_they_reference():
+    """reference() by resource id adds no implicit dependency: without dependsOn, ARM may read
+    a resource of the same deployment before it exists."""
+    for level in levels():
+        here = {r["type"] for r in level.resources}
+        for resource in level.resources:
+            after = {level.resolve(dependency) for dependency in resource.get("dependsOn", [])}
+            for expression in expressions(resource):
+                rest = level.resolve(expression)
+                while "reference(" in rest:
+                    target = arguments(rest, "reference")[0]
+                    referenced = re.findall(r"'(Microsoft\.\w+/[\w/]+)'", target)
+                    if referenced and referenced[0] in here:
+                        assert target in after, (resource["type"], target)
+                    rest = rest[rest.index("reference(") + len("reference(") :]
+
+
+def test_every_kvf_setting_is_an_app_setting_with_the_code_default():
+    root = load()["parameters"]
+    settings = app_settings()
+    deployments = resources("Microsoft.Resources/deployments")
+    passed = next(d for _, d in deployments if d["name"] == "kvfirewall-app")["properties"][
+        "parameters"
+    ]
+    assert {name for name in settings if name.startswith("KVF_")} == set(SETTINGS)
+    for name, (_, default) in SETTINGS.items():
+        assert settings[name] == f"[parameters('{name}')]"
+        assert root[name]["type"] in ("string", "securestring")
+        cloud = name == "KVF_ARM_ENDPOINT" and default == DEFAULT_ARM_ENDPOINT
+        assert root[name]["defaultValue"] in (
+            [default, "[environment().resourceManager]"] if cloud else [default]
+        ), name
+        if name != "KVF_SUBSCRIPTIONS":  # the list the roles and topics are made for
+            assert passed[name]["value"] == f"[parameters('{name}')]"
+    assert root["KVF_SCHEDULE"]["defaultValue"] == DEFAULT_SCHEDULE
+    assert passed["KVF_SUBSCRIPTIONS"]["value"] == "[join(variables('managedSubscriptions'), ',')]"
+
+
+def test_the_example_parameters_are_declared_and_valid_settings():
+    declared = load()["parameters"]
+    example = {k: v["value"] for k, v in load("azuredeploy.parameters.json")["parameters"].items()}
+    assert set(example) <= set(declared)
+    env = {k: v for k, v in example.items() if k.startswith("KVF_")}
+    env["KVF_SUBSCRIPTIONS"] = env["KVF_SUBSCRIPTIONS"] or "6f1c2a8e-4b7d-4c1e-9a53-2d8e0f4b7a10"
+    Settings.from_env(env)
+
+
+def test_flex_consumption_python_311_on_linux():
+    [(_, plan)] = resources("Microsoft.Web/serverfarms")
+    assert plan["sku"] == {"name": "FC1", "tier": "FlexConsumption"}
+    assert plan["kind"] == "functionapp" and plan["properties"]["reserved"] is True
+    [(_, site)] = resources("Microsoft.Web/sites")
+    assert site["kind"] == "functionapp,linux" and site["name"] == "[parameters('appName')]"
+    config = site["properties"]["functionAppConfig"]
+    assert config["runtime"] == {"name": "python", "version": "3.11"}
+    assert {"maximumInstanceCount", "instanceMemoryMB"} <= set(config["scaleAndConcurrency"])
+    # Flex Consumption takes the runtime from functionAppConfig and refuses these settings.
+    assert not {"FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION"} & set(app_settings())
+
+
+def test_storage_and_telemetry_by_managed_identity_and_never_by_key():
+    text = (INFRA / "azuredeploy.json").read_text().lower()
+    assert not {"listkeys", "listaccountsas", "listservicesas", "accountkey"} & set(
+        re.findall(r"[a-z]+", text)
+    )
+    for _, account in resources("Microsoft.Storage/storageAccounts"):
+        assert account["properties"]["allowSharedKeyAccess"] is False
+    [(_, insights)] = resources("Microsoft.Insights/components")
+    assert insights["properties"]["DisableLocalAuth"] is True
+    assert insights["properties"]["WorkspaceResourceId"]
+    [(_, identity)] = resources("Microsoft.ManagedIdentity/userAssignedIdentities")
+    [(level, site)] = resources("Microsoft.Web/sites")
+    identity_id = (
+        f"resourceId('Microsoft.ManagedIdentity/userAssignedIdentities', {identity['name'][1:-1]})"
+    )
+    client_id = f"reference({identity_id}, '2023-01-31').clientId"
+    settings = app_settings()
+    assert "AzureWebJobsStorage" not in settings  # a connection string would carry a key
+    assert settings["AzureWebJobsStorage__accountName"] == "[parameters('storageAccountName')]"
+    assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
+    for name in ("AzureWebJobsStorage__clientId", "AZURE_CLIENT_ID"):
+        assert level.resolve(settings[name]) == client_id, name
+    assert client_id in level.resolve(settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"])
+    assert "ConnectionString" in settings["APPLICATIONINSIGHTS_CONNECTION_STRING"]
+    assert [level.resolve(k) for k in site["identity"]["userAssignedIdentities"]] == [identity_id]
+    package = site["properties"]["functionAppConfig"]["deployment"]["storage"]["authentication"]
+    assert package["type"] == "UserAssignedIdentity"
+    assert level.resolve(package["userAssignedIdentityResourceId"]) == identity_id
+    # The data roles the Functions host and the ledger need, on the app's storage and telemetry.
+    roles = {
+        granted(lvl, r)
+        for lvl, r in resources("Microsoft.Authorization/roleAssignments")
+        if lvl.path == level.path and identity_id in lvl.resolve(r["properties"]["principalId"])
+    }
+    assert roles == {
+        "Storage Blob Data Owner",
+        "Storage Table Data Contributor",
+        "Storage Queue Data Contributor",
+        "Monitoring Metrics Publisher",
+    }
+
+
+def test_role_assignments_have_deterministic_names_of_scope_principal_and_role():
+    assignments = resources("Microsoft.Authorization/roleAssignments")
+    assert len(assignments) == 6
+    for level, assignment in assignments:
+        name, properties = assignment["name"], assignment["properties"]
+        assert re.fullmatch(r"\[guid\(.*\)\]", name) and not re.search("utcNow|newGuid", name)
+        parts = arguments(name, "guid")
+        default_scope = {"subscription": "subscription().id", "resourceGroup": "resourceGroup().id"}
+        assert assignment.get("scope", f"[{default_scope[level.scope]}]")[1:-1] in parts, name
+        assert properties["roleDefinitionId"][1:-1] in parts, name
+        # The principal id is known only once the identity exists; its resource id stands in.
+        assert arguments(properties["principalId"], "reference")[0] in parts, name
+        assert properties["principalType"] == "ServicePrincipal"
+
+
+def indexed_functions() -> dict[str, list[dict]]:
+    """The app's functions and their bindings as the host indexes them. In a fresh interpreter:
+    azure-functions refuses to index one app twice in a process, and test_functions does."""
+    code = (
+        "import json, function_app; print(json.dumps({f.get_function_name(): "
+        "[json.loads(b) for b in f.get_raw_bindings()] for f in function_app.app.get_functions()}))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def test_vault_writes_reach_the_event_grid_function_with_retries_and_dead_letters():
+    [(_, topic)] = resources("Microsoft.EventGrid/systemTopics")
+    assert topic["location"] == "global" and topic["identity"] == {"type": "SystemAssigned"}
+    assert topic["properties"] == {
+        "source": "[subscription().id]",
+        "topicType": "Microsoft.Resources.Subscriptions",
+    }
+    [(_, subscription)] = resources("Microsoft.EventGrid/systemTopics/eventSubscriptions")
+    # Created only once the function exists: Event Grid refuses a missing one.
+    assert subscription["condition"] == "[parameters('deployEventSubscription')]"
+    assert load()["parameters"]["deployEventSubscription"]["defaultValue"] is False
+    properties = subscription["properties"]
+    assert properties["filter"] == {
+        "includedEventTypes": [WRITE_SUCCESS],
+        "advancedFilters": [
+            {
+                "operatorType": "StringIn",
+                "key": "data.operationName",
+                "values": [VAULT_WRITE_OPERATION],
+            }
+        ],
+    }
+    destination = properties["destination"]
+    assert destination["endpointType"] == "AzureFunction"
+    assert destination["properties"]["maxEventsPerBatch"] == 1
+    [function] = re.findall(r"/functions/(\w+)'", destination["properties"]["resourceId"])
+    assert [b["type"] for b in indexed_functions()[function]] == ["eventGridTrigger"]
+    assert {"maxDeliveryAttempts", "eventTimeToLiveInMinutes"} <= set(properties["retryPolicy"])
+    dead_letter = properties["deadLetterWithResourceIdentity"]
+    assert dead_letter["identity"] == {"type": "SystemAssigned"}  # the topic's identity
+    assert dead_letter["deadLetterDestination"]["endpointType"] == "StorageBlob"
+    container = dead_letter["deadLetterDestination"]["properties"]["blobContainerName"]
+    assert container == "[parameters('deadLetterContainerName')]"
+    # The topic's identity may write to the dead-letter container, and only there.
+    [(level, grant)] = [
+        (lvl, r)
+        for lvl, r in resources("Microsoft.Authorization/roleAssignments")
+        if granted(lvl, r) == "Storage Blob Data Contributor"
+    ]
+    scope = level.resolve(grant["scope"])
+    assert "/containers/{1}" in scope and "parameters('deadLetterContainerName')" in scope
+    assert grant["properties"]["principalId"].endswith("'Full').identity.principalId]")
+    # The function is this deployment's app.
+    app, loop = (d["properties"]["parameters"] for d in load()["resources"][1:])
+    assert app["appName"]["value"] == "[variables('appName')]"
+    assert "'Microsoft.Web/sites', variables('appName')" in loop["functionAppId"]["value"]
+
+
+def readme_actions(marker: str) -> list[str]:
+    """The actions README.md lists, in a table or a bullet list, after the text `marker`."""
+    readme = (ROOT / "README.md").read_text()
+    after = readme[readme.index(marker) :].split("\n\n")[1:]
+    block = next(part for part in after if part.startswith(("|", "- ")))
+    return re.findall(r"^(?:\| |- )`(Microsoft\.[\w./]+)`", block, flags=re.M)
+
+
+def test_custom_roles_allow_exactly_the_documented_actions():
+    definitions = resources("Microsoft.Authorization/roleDefinitions")
+    assigned = " ".join(
+        level.resolve(r["properties"]["roleDefinitionId"])
+        for level, r in resources("Microsoft.Authorization/roleAssignments")
+    )
+    documented = {
+        "kvfirewall operator": "**Least privilege.**",
+        "kvfirewall subnet joiner": "`kvfirewall subnet joiner (<subscription id>)` allows exactly:",
+    }
+    for role, marker in documented.items():
+        [definition] = [r for _, r in definitions if f"'{role} (" in r["properties"]["roleName"]]
+        properties = definition["properties"]
+        [permissions] = properties["permissions"]
+        assert sorted(permissions["actions"]) == sorted(readme_actions(marker)), role
+        assert not (permissions["notActions"] or permissions["dataActions"])
+        assert properties["assignableScopes"] == ["[subscription().id]"]
+        # The operator role is assigned to the app; the subnet role is for people to assign.
+        assert (definition["name"][1:-1] in assigned) == (role == "kvfirewall operator"), role
+    # Least privilege: growing this list is a security decision, not a documentation change.
+    assert set(readme_actions(documented["kvfirewall operator"])) == {
+        "Microsoft.KeyVault/vaults/read",
+        "Microsoft.KeyVault/vaults/write",
+        "Microsoft.Network/locations/serviceTags/read",
+    }
