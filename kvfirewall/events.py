@@ -13,9 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from azure.eventgrid import SystemEventNames
+
 from kvfirewall.rules import RuleError, VaultRef, parse_vault_id
 
-WRITE_SUCCESS = "Microsoft.Resources.ResourceWriteSuccess"
+# The event type as the Event Grid SDK names it; also the template's event filter.
+WRITE_SUCCESS = SystemEventNames.ResourceWriteSuccessEventName.value
 # The operation that creates or updates a vault; also the template's Event Grid filter value.
 VAULT_WRITE_OPERATION = "Microsoft.KeyVault/vaults/write"
 MAX_FIELD_CHARS = 2048  # ARM ids are far shorter; anything longer is not an id
