@@ -16,7 +16,8 @@ mode, ranges from the Discovery API, geography Europe, a local ledger) in a fres
     full         every vault in scope; every vault needs one write
     rerun        the same again; every vault is compliant
     event        an Event Grid event (kvfirewall's own last write) for a compliant vault
-    event-drift  the same event after the vault's rules were removed: one read, one write
+    event-drift  the same event after the vault's rules were removed: the event's read, then
+                 under the vault's lease a fresh read, one write and the read that checks it
 
 Per phase it prints a row (a table, or Markdown with `--markdown`) and a JSON line. Columns:
 wall time of the reconcile itself (without interpreter start and imports); ARM reads and
