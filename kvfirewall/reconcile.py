@@ -381,7 +381,7 @@ class _VaultWorker:
         stored = self.store.read_entry(ref.key)  # the previous holder may have changed it
         entry = stored
         backoff = self.arm.write_backoff()
-        unconfirmed: Plan | None = None  # a write that may have landed without an answer
+        landed: Plan | None = None  # the last write that landed, or may have without an answer
         put_back: list[str] = []  # rules of ours a concurrent write removed, written again
         state: VaultState | None = None
         while True:
@@ -395,8 +395,8 @@ class _VaultWorker:
             plan = self._plan(state, entry)
             if plan.action != "write":
                 result = self._settle(plan, entry, ref, stored)
-                if unconfirmed is not None and result.outcome == "unchanged":
-                    return _result(unconfirmed, "updated")  # it had landed after all
+                if landed is not None and result.outcome == "unchanged":
+                    return _result(landed, "updated", put_back=put_back)  # it had landed
                 return result
             remaining = self.arm.remaining()
             if remaining is not None and remaining < MIN_WRITE_SECONDS:
@@ -424,7 +424,7 @@ class _VaultWorker:
                 if exc.status == 404:
                     return self._gone(ref, "vault deleted meanwhile")
                 if exc.maybe_applied:
-                    entry, unconfirmed = pending, plan  # the next read tells what landed
+                    entry, landed = pending, plan  # the next read tells what landed
                 else:
                     self.store.write_entry(ref.key, entry)  # surely not applied: claim nothing
                     stored = entry
@@ -434,6 +434,7 @@ class _VaultWorker:
                 return _result(plan, "failed", error=f"{exc}{tries}", retryable=exc.retryable)
             entry = stored = _confirmed(pending, after)
             self.store.write_entry(ref.key, entry)
+            landed = plan
             missing = _missing(plan, after)
             if missing:
                 return _result(
