@@ -16,6 +16,7 @@ import json
 import os
 import random
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from kvfirewall.ranges import Snapshot
 from kvfirewall.settings import StateLocation
 
 TABLE_NAME = "kvfirewallledger"
-LEASE_SECONDS = 60  # a Blob lease's longest fixed term; renewed before each PATCH and check
+LEASE_SECONDS = 60  # a Blob lease's longest fixed term; kept renewed while held
 LEASE_POLL_SECONDS = 0.5
 CONTAINER_NAME = "kvfirewall"
 SNAPSHOT_BLOB = "ranges/last-good.json"
@@ -79,11 +80,16 @@ class LeaseBusy(Exception):
     """Another run holds the vault's lease for longer than this run may wait."""
 
 
+class LeaseLost(Exception):
+    """The lease could not be kept (storage unreachable for a whole term): another run may
+    hold it now, so this one must not write the vault or its ledger entry any more."""
+
+
 class Lease(Protocol):
     """Held while one run writes a vault and its ledger entry."""
 
-    def renew(self) -> None:
-        """Extend the lease before a step that may take a while (a PATCH, a check)."""
+    def hold(self) -> None:
+        """Raise `LeaseLost` unless the lease is still held; called before every write."""
 
 
 class StateStore(Protocol):
@@ -134,8 +140,43 @@ class _FileLease:
     """An OS file lock: released by the kernel when the process dies, so a crash never
     leaves a vault locked."""
 
-    def renew(self) -> None:
-        """Nothing to do: the lock lasts as long as the process holds the file."""
+    def hold(self) -> None:
+        """Always held: the lock lasts as long as the process holds the file."""
+
+
+class _KeptBlobLease:
+    """A Blob lease renewed every third of its term by a thread of its own, so that no wait
+    of the holder (a Retry-After, a slow storage call) lets it run out; if renewing fails
+    for so long that it may have, `hold` says so."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self._lost: Exception | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name="kvf-lease", daemon=True)
+        self._thread.start()
+
+    def _keep(self) -> None:
+        renewed = time.monotonic()
+        while not self._stop.wait(LEASE_SECONDS / 3):
+            try:
+                self._client.renew()
+                renewed = time.monotonic()
+            except Exception as exc:  # kept, and raised by hold()
+                taken = getattr(exc, "status_code", None) in (409, 412)  # ran out, re-leased
+                if taken or time.monotonic() - renewed >= LEASE_SECONDS * 2 / 3:
+                    self._lost = exc
+                    return
+
+    def hold(self) -> None:
+        if self._lost is not None:
+            raise LeaseLost(f"the vault's lease could not be renewed: {self._lost}")
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(Exception):  # it runs out by itself within a minute anyway
+            self._client.release()
 
 
 class LocalStore:
@@ -306,11 +347,7 @@ class AzureStore:
     def lease(self, vault_key: str, *, wait_seconds: float) -> Iterator[Lease]:
         """A Blob lease on `leases/<digest>` in the container, for `LEASE_SECONDS` at a
         time: if the holder dies, the lease runs out by itself within a minute."""
-        from azure.core.exceptions import (
-            HttpResponseError,
-            ResourceExistsError,
-            ResourceNotFoundError,
-        )
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
         blob = self._container.get_blob_client(f"leases/{_row_key(vault_key)}")
         held = []
@@ -319,8 +356,11 @@ class AzureStore:
             try:
                 held.append(blob.acquire_lease(lease_duration=LEASE_SECONDS))
             except ResourceNotFoundError:  # the first lease of this vault: create its blob
-                with contextlib.suppress(ResourceExistsError):
+                try:
                     self._created(lambda: blob.upload_blob(b"", overwrite=False))
+                except HttpResponseError as exc:  # created meanwhile (409, or 412 if leased)
+                    if exc.status_code not in (409, 412):
+                        raise
                 return try_once()
             except HttpResponseError as exc:
                 if exc.status_code == 409:  # LeaseAlreadyPresent
@@ -329,8 +369,8 @@ class AzureStore:
             return True
 
         _poll(try_once, wait_seconds, vault_key)
+        lease = _KeptBlobLease(held[0])
         try:
-            yield held[0]
+            yield lease
         finally:
-            with contextlib.suppress(HttpResponseError):
-                held[0].release()
+            lease.release()

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from queue import Full, Queue
+from queue import Empty, Full, Queue
 
 from kvfirewall.ledger import Lease, LeaseBusy, LedgerEntry, StateStore
 from kvfirewall.plan import Plan, VaultState, ip_values, plan_vault, subnet_values
@@ -51,6 +51,7 @@ MIN_WRITE_SECONDS = 10.0  # no PATCH is started with less of the budget left
 # Another run's write of one vault takes a few seconds; a longer wait means it is stuck or
 # throttled, and this run is better spent on other vaults (the holder or the next run does it).
 LEASE_WAIT_SECONDS = 30.0
+READ_SECONDS = 3.0  # kept, within a budget, for the fresh read after waiting for a lease
 _LOG_LEVELS = {"updated": logging.INFO, "planned": logging.INFO, "failed": logging.WARNING}
 NOT_REACHED = "not reached: the run's time budget ran out; the next run covers it"
 
@@ -243,6 +244,8 @@ def _listed(
     def list_subscription(subscription: str) -> None:
         try:
             for state in arm.list_vaults(subscription, reserve_seconds=VAULT_RESERVE_SECONDS):
+                if stop.is_set():  # the consumer is gone: read no further page
+                    return
                 put(state)
         except OutOfTime:  # the subscription, or the rest of it
             put(
@@ -265,12 +268,19 @@ def _listed(
             put(finished)
 
     with ThreadPoolExecutor(max_workers=LISTERS, initializer=thread_init) as listers:
-        for subscription in settings.subscriptions:
-            listers.submit(list_subscription, subscription)
+        futures = [listers.submit(list_subscription, s) for s in settings.subscriptions]
         try:
-            remaining = len(settings.subscriptions)
+            remaining = len(futures)
             while remaining:
-                item = queue.get()
+                try:
+                    item = queue.get(timeout=1.0)
+                except Empty:
+                    # A lister that never ran (its thread failed to start) posts nothing.
+                    if all(f.done() for f in futures) and queue.empty():
+                        for future in futures:
+                            future.result()  # raises what stopped it
+                        return
+                    continue
                 if item is finished:
                     remaining -= 1
                 else:
@@ -369,10 +379,13 @@ class _VaultWorker:
             )
 
     def _lease_wait(self) -> float:
+        """Up to LEASE_WAIT_SECONDS, and within a budget only as long as still leaves time
+        for the fresh read and the write (an event's 20 s budget leaves about 7 s)."""
         remaining = self.arm.remaining()
         if remaining is None:
             return LEASE_WAIT_SECONDS
-        return max(0.0, min(LEASE_WAIT_SECONDS, remaining - MIN_WRITE_SECONDS))
+        spare = remaining - MIN_WRITE_SECONDS - READ_SECONDS
+        return max(0.0, min(LEASE_WAIT_SECONDS, spare))
 
     def _write(self, ref: VaultRef, lease: Lease) -> VaultResult:
         """Under the vault's lease: read the vault and the ledger again, plan, record the
@@ -382,19 +395,20 @@ class _VaultWorker:
         entry = stored
         backoff = self.arm.write_backoff()
         landed: Plan | None = None  # the last write that landed, or may have without an answer
-        put_back: list[str] = []  # rules of ours a concurrent write removed, written again
-        state: VaultState | None = None
+        put_back: list[str] = []  # rules a concurrent write brought back or took away
         while True:
+            # Wait for the subscription's write quota first, so that the read below is as
+            # fresh as it can be when the PATCH leaves.
+            self.arm.pace_write(ref.subscription)
+            state = self.arm.get_vault(ref)
             if state is None:
-                state = self.arm.get_vault(ref)
-                if state is None:
-                    return self._gone(ref, "vault deleted meanwhile")
+                return self._gone(ref, "vault deleted meanwhile")
             if not in_scope(state, self.settings):
                 return VaultResult(id=state.id, outcome="skipped", reason="left scope meanwhile")
             entry = _settled(entry, state)
             plan = self._plan(state, entry)
             if plan.action != "write":
-                result = self._settle(plan, entry, ref, stored)
+                result = self._settle(plan, entry, ref, stored, lease)
                 if landed is not None and result.outcome == "unchanged":
                     return _result(landed, "updated", put_back=put_back)  # it had landed
                 return result
@@ -412,10 +426,10 @@ class _VaultWorker:
                 pending_ip_rules=entry.pending_ip_rules | plan.owned.ip_rules,
                 pending_subnets=entry.pending_subnets | plan.owned.subnets,
             )
+            lease.hold()
             self.store.write_entry(ref.key, pending)
             stored = pending
-            lease.renew()
-            state = None  # whatever happens next, the next attempt starts from a fresh read
+            lease.hold()
             try:
                 after = self.arm.update_network_acls(
                     ref, plan.network_acls, public_network_access=plan.public_network_access
@@ -426,13 +440,22 @@ class _VaultWorker:
                 if exc.maybe_applied:
                     entry, landed = pending, plan  # the next read tells what landed
                 else:
+                    lease.hold()
                     self.store.write_entry(ref.key, entry)  # surely not applied: claim nothing
                     stored = entry
                 if exc.retryable and backoff.wait(exc.retry_after):
                     continue
                 tries = f" (gave up after {backoff.attempts} attempts)" if exc.retryable else ""
                 return _result(plan, "failed", error=f"{exc}{tries}", retryable=exc.retryable)
-            entry = stored = _confirmed(pending, after)
+            # Rules just removed stay claimed (pending) until a read shows them gone: a stale
+            # write may bring them back, and then they must still be known as ours.
+            removed_nets, removed_subnets = _removed(plan)
+            entry = stored = dataclasses.replace(
+                _confirmed(pending, after),
+                pending_ip_rules=removed_nets,
+                pending_subnets=removed_subnets,
+            )
+            lease.hold()
             self.store.write_entry(ref.key, entry)
             landed = plan
             missing = _missing(plan, after)
@@ -440,33 +463,41 @@ class _VaultWorker:
                 return _result(
                     plan, "failed", error=f"write not reflected: {missing}", retryable=True
                 )
-            lease.renew()
             try:
-                state = self.arm.get_vault(ref)
+                check = self.arm.get_vault(ref)
             except OutOfTime:  # the write is done and its answer showed it: don't fail it
                 return _result(plan, "updated", put_back=put_back)
-            if state is None:
+            if check is None:
                 return self._gone(ref, "vault deleted meanwhile")
-            undone = _missing(plan, state, ours_only=True)
+            undone = _missing(plan, check, ours_only=True)
+            undone += _held(check, removed_nets, removed_subnets)  # brought back
             if not undone:
+                if removed_nets or removed_subnets:  # gone for good: claimed no more
+                    lease.hold()
+                    self.store.write_entry(ref.key, _settled(entry, check))
                 return _result(plan, "updated", put_back=put_back)
             # Someone wrote a stale copy over ours: plan again on what is there now (their
-            # changes stay theirs) and write our rules back.
+            # changes stay theirs) and write ours again.
             put_back.extend(r for r in undone if r not in put_back)
-            log.warning("kvfirewall: a concurrent write removed %s from %s", undone, ref.id)
+            log.warning("kvfirewall: a concurrent write undid %s on %s", undone, ref.id)
             if not backoff.wait(None):
                 return _result(
                     plan,
                     "failed",
-                    error=f"a concurrent write removed {undone} again; the next run restores it",
+                    error=f"a concurrent write undid {undone} again; the next run restores it",
                     retryable=True,
                 )
 
     def _settle(
-        self, plan: Plan, entry: LedgerEntry, ref: VaultRef, stored: LedgerEntry
+        self,
+        plan: Plan,
+        entry: LedgerEntry,
+        ref: VaultRef,
+        stored: LedgerEntry,
+        lease: Lease | None = None,
     ) -> VaultResult:
         """Outcome of a plan that is not written; keeps the ledger truthful if it moved
-        (`stored` is what the ledger holds now)."""
+        (`stored` is what the ledger holds now; it moves only under the vault's `lease`)."""
         if plan.action == "skip":
             return _result(plan, "skipped")
         if plan.action == "refuse":
@@ -474,7 +505,8 @@ class _VaultWorker:
         if plan.action == "write":
             return _result(plan, "planned")
         owned = _owned(plan, entry)
-        if self.write and owned != stored:
+        if lease is not None and owned != stored:
+            lease.hold()
             self.store.write_entry(ref.key, owned)
         return _result(plan, "unchanged")
 
@@ -543,6 +575,22 @@ def _missing(plan: Plan, after: VaultState, *, ours_only: bool = False) -> list[
     if wanted and (after.public_network_access or "").lower() != wanted.lower():
         access.append(f"publicNetworkAccess: {wanted}")
     return ips + vnets + access
+
+
+def _removed(plan: Plan) -> tuple[frozenset, frozenset[str]]:
+    """The networks and subnet keys a plan removes."""
+    rules = [c.rule for c in plan.removed]
+    return (
+        frozenset(current_ip_network(r) for r in rules if not r.startswith("/")),
+        frozenset(subnet_key(r) for r in rules if r.startswith("/")),
+    )
+
+
+def _held(state: VaultState, nets: frozenset, subnets: frozenset[str]) -> list[str]:
+    """Which of these networks and subnets a vault holds, as its rule values."""
+    acls = state.network_acls or {}
+    held = [v for v in ip_values(acls) if current_ip_network(v) in nets]
+    return held + [v for v in subnet_values(acls) if subnet_key(v) in subnets]
 
 
 def _writes(plan: Plan, entry: LedgerEntry, stored: LedgerEntry) -> bool:

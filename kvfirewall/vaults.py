@@ -230,6 +230,11 @@ class Arm:
                 self._pacers[key] = _Pacer(REFILL_PER_SECOND[kind], self._clock)
             return self._pacers[key]
 
+    def pace_write(self, subscription: str) -> None:
+        """Wait for a write slot of the subscription's quota. The caller does it before the
+        fresh read that its PATCH is based on, so that no wait falls between the two."""
+        self._pace(subscription, "writes")
+
     def _pace(self, subscription: str, kind: str) -> None:
         """Wait for the subscription's quota; no wait runs past the budget (`OutOfTime`)."""
         delay = self._pacer(subscription, kind).delay()
@@ -349,7 +354,6 @@ class Arm:
         if public_network_access is not None:
             properties["publicNetworkAccess"] = public_network_access
         body = {"properties": properties}
-        self._pace(ref.subscription, "writes")
         try:
             vault = client.vaults.update(
                 ref.resource_group,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from ipaddress import IPv4Network
 
 import pytest
 
-from kvfirewall.ledger import AzureStore, LedgerEntry, LocalStore, open_store
+from kvfirewall import ledger
+from kvfirewall.ledger import AzureStore, LeaseBusy, LedgerEntry, LocalStore, open_store
 from kvfirewall.settings import StateLocation
 from kvfirewall.sources import builtin_snapshot
 
@@ -75,3 +77,28 @@ def test_reading_azure_storage_creates_nothing(azurite):
     assert name not in tables and name not in containers
     store.write_entry(VAULT, ENTRY)  # the first real write creates what it needs
     assert store.read_entry(VAULT) == ENTRY
+
+
+def test_a_vault_lease_excludes_other_holders_until_released(store):
+    with store.lease(VAULT, wait_seconds=0) as lease:
+        lease.hold()
+        with pytest.raises(LeaseBusy), store.lease(VAULT, wait_seconds=0.6):
+            pass
+        with store.lease(OTHER, wait_seconds=0):  # another vault is free
+            pass
+    with store.lease(VAULT, wait_seconds=0):  # released
+        pass
+
+
+def test_a_blob_lease_outlives_its_term_while_held(azurite, monkeypatch):
+    """A holder that waits longer than the lease's term (a long Retry-After) keeps it: the
+    lease is renewed in the background, so no other run can take the vault meanwhile."""
+    monkeypatch.setattr(ledger, "LEASE_SECONDS", 15)  # the shortest term Blob leases allow
+    location = StateLocation(kind="connection-string", value=azurite)
+    name = "kvf" + uuid.uuid4().hex[:12]
+    holder, other = (AzureStore(location, table=name, container=name) for _ in range(2))
+    with holder.lease(VAULT, wait_seconds=0) as lease:
+        time.sleep(17)
+        lease.hold()
+        with pytest.raises(LeaseBusy), other.lease(VAULT, wait_seconds=0):
+            pass

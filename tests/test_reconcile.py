@@ -701,3 +701,67 @@ def test_writes_are_paced_to_the_quota_without_a_storm_of_429s(emulator, run):
     assert report.counts["updated"] == 60
     assert report.arm_calls["throttled"] <= 1  # at most 1 % of the writes; the emulator agrees
     assert sum(r.status == 429 for r in emulator.requests) == report.arm_calls["throttled"]
+
+
+def test_a_worker_thread_that_cannot_start_fails_the_run_instead_of_hanging(emulator, estate):
+    """The Functions trigger gives each thread the invocation id; if that fails, the run
+    must end with the error, not wait for listings that never started."""
+
+    def broken_thread_init() -> None:
+        raise RuntimeError("no invocation context")
+
+    settings = Settings.from_env(
+        {
+            **emulator.env(),
+            "KVF_SUBSCRIPTIONS": f"{SUB_A},{SUB_B}",
+            "KVF_ADO_REGIONS": "westeurope",
+            "KVF_STATE": "/nonexistent/unused",
+        }
+    )
+    outcome: list = []
+
+    def go() -> None:
+        try:
+            reconcile(
+                settings,
+                store=LocalStore(Path("/nonexistent/unused")),
+                arm=Arm(endpoint=emulator.url, subscriptions=settings.subscriptions),
+                write=False,
+                mode="plan",
+                thread_init=broken_thread_init,
+            )
+        except Exception as exc:
+            outcome.append(exc)
+
+    runner = threading.Thread(target=go, daemon=True)
+    runner.start()
+    runner.join(timeout=30)
+    assert not runner.is_alive(), "the run hangs"
+    assert outcome and "thread" in type(outcome[0]).__name__.lower() + str(outcome[0]).lower()
+
+
+def test_listing_stops_when_the_run_stops(emulator, run, tmp_path):
+    """A run that ends early (its progress output closed) reads no further list pages."""
+    emulator.set_service_tags(OCTOBER)
+    emulator.page_size = 1
+    for n in range(120):
+        emulator.add_vault(SUB_A, "apps", f"kv-{n:03}", tags=TAG)
+    run(write=False)
+    emulator.clear_log()
+
+    def closed_output(_done, _result) -> None:
+        raise BrokenPipeError("stdout closed")
+
+    settings = Settings.from_env()
+    with pytest.raises(BrokenPipeError):
+        reconcile(
+            settings,
+            store=open_store(settings.state),
+            arm=Arm(endpoint=emulator.url, subscriptions=settings.subscriptions),
+            write=False,
+            mode="plan",
+            progress=closed_output,
+        )
+    time.sleep(1.0)  # a lister would go on paging in the background
+    pages = sum(r.path.endswith("/vaults") for r in emulator.requests)
+    assert pages < 60

@@ -1,7 +1,8 @@
 """The reliability suite: faults, races, crashes and hostile input, each followed by a check of
 what users rely on (`Estate.check`):
 
-- every managed vault converges (it holds every desired rule where rules take effect);
+- every managed vault converges (it holds every desired rule where rules take effect), and
+  holds no rule that is neither someone else's nor a configured one;
 - no foreign rule is missing (seeded ones, and those someone added during the scenario);
 - no vault's defaultAction or publicNetworkAccess became more open;
 - no rule kvfirewall added is orphaned (each is owned or pending in the ledger), and the
@@ -233,6 +234,9 @@ class Estate:
             assert not (claimed_subnets & seeded.foreign_subnets), vault_id
             ours = nets - seeded.foreign_nets
             assert ours <= claimed, f"{vault_id}: orphaned rules {ours - claimed}"
+            # Never wider: every rule is someone's own or one kvfirewall is configured to add.
+            assert ours <= set(desired.ip_rules), f"{vault_id}: {ours - set(desired.ip_rules)}"
+            assert subnets - seeded.foreign_subnets <= set(desired.subnets), vault_id
             assert subnets - seeded.foreign_subnets <= claimed_subnets, vault_id
             if seeded.managed and enabled and vault_id not in unconverged:
                 assert set(desired.ip_rules) <= nets, f"{vault_id}: not converged"

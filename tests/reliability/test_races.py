@@ -7,12 +7,15 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
 
 from kvfirewall import reconcile as reconcile_module
 from kvfirewall.ledger import AzureStore
+from kvfirewall.rules import parse_vault_id
 from kvfirewall.service import RetryLater, Service
 from kvfirewall.settings import StateLocation
 
@@ -94,9 +97,10 @@ def test_instances_sharing_azure_storage_write_each_vault_once(estate, figures, 
 def test_a_rule_someone_adds_after_the_listing_is_kept(estate, figures):
     """Their write lands between our listing and our write: the fresh read sees it."""
     target = next(v for v in estate.vaults if "locked-003" in v)
+    subscription = parse_vault_id(target).subscription
     estate.emulator.intercept(
         "GET",
-        r"/providers/Microsoft\.KeyVault/vaults$",
+        rf"/subscriptions/{subscription}/providers/Microsoft\.KeyVault/vaults$",
         after=lambda emu: estate.someone_adds(target, "203.0.113.7"),
     )
     estate.run()
@@ -142,3 +146,49 @@ def test_a_vault_busy_in_another_run_is_left_to_it_and_an_event_is_redelivered(
     assert not estate.nets(target)  # untouched while another run held it
     service.run(write=True, mode="enforce")  # the lease is free again
     figures["rules lost"] += estate.check()
+
+
+def test_a_stale_write_that_brings_back_a_rule_we_removed_is_undone(estate, figures):
+    """We remove a rule that is no longer wanted; someone who read the vault before our
+    write writes their copy after it, and the rule is back. It must still be known as ours,
+    and removed again: never left behind as nobody's."""
+    old = IPv4Network("52.10.20.31/32")
+    estate.run(settings=estate.settings(KVF_EXTRA_IP_RULES="52.10.20.30,52.10.20.31"))
+    target = next(v for v in estate.vaults if "locked-003" in v)
+    assert old in estate.nets(target)
+    seen: dict = {}
+    estate.emulator.intercept(
+        "PATCH",
+        "kv-locked-003",
+        before=lambda emu: seen.update(acls=estate.acls(target)),
+        after=lambda emu: estate.someone_adds(target, "203.0.113.9", stale=seen["acls"]),
+    )
+    report = estate.run()  # 52.10.20.31 is not wanted any more
+    result = next(v for v in report.vaults if v.id == target)
+    assert result.outcome == "updated" and str(old) in result.put_back
+    assert old not in estate.nets(target)
+    assert IPv4Network("203.0.113.9/32") in estate.nets(target)
+    entry = estate.store().read_entry(target.lower())
+    assert old not in entry.ip_rules | entry.pending_ip_rules  # gone, and claimed no more
+    figures["rules lost"] += estate.check()
+
+
+def test_no_quota_wait_falls_between_the_fresh_read_and_the_write(estate, figures):
+    """Another worker's 429 asks every writer of the subscription to wait: that wait comes
+    before the fresh read, so a rule someone adds meanwhile is in the read, and kept."""
+    target = next(v for v in estate.vaults if "locked-003" in v)
+    ref = parse_vault_id(target)
+    added: list[str] = []
+
+    def sleep(seconds: float) -> None:
+        if seconds >= 1 and not added:  # the quota wait: someone adds a rule meanwhile
+            added.append("203.0.113.50")
+            estate.someone_adds(target, "203.0.113.50")
+        time.sleep(min(seconds, 0.05))
+
+    arm = estate.arm(sleep=sleep)
+    arm._pacer(ref.subscription, "writes").observe(None, 2.0)  # as after a 429 Retry-After: 2
+    estate.run(arm=arm, vault=target)
+    assert added, "the run waited for the write quota"
+    assert IPv4Network("203.0.113.50/32") in estate.nets(target)
+    figures["rules lost"] += estate.check(unconverged=set(estate.vaults) - {target})
