@@ -41,7 +41,7 @@ from kvfirewall.sources import builtin_snapshot, fetch_snapshot
 from kvfirewall.vaults import Arm, OutOfTime, WriteFailed
 
 log = logging.getLogger("kvfirewall")
-WORKERS = 8  # vaults reconciled at once
+WORKERS = 32  # vaults reconciled at once: enough for the write quota at real ARM latencies
 LISTERS = 4  # subscriptions listed at once
 LISTED_QUEUE = 4 * WORKERS  # listed vaults waiting for a worker
 # With a time budget (an HTTP request must answer within 230 s), no vault is started with less

@@ -50,6 +50,7 @@ READ_RETRY_SECONDS = 60.0
 # rate: a large run then goes as fast as the quota allows, without a storm of 429s.
 REFILL_PER_SECOND = {"reads": 25.0, "writes": 10.0}
 LOW_WATER = 20
+PACED_REQUEST_SECONDS = 10.0  # within a budget, a quota wait leaves the request this long
 WRITE_TIMEOUT = 30  # seconds to wait for a PATCH response; the retry budget bounds the rest
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 60
@@ -87,15 +88,20 @@ class _Pacer:
         self._next_slot = 0.0
         self._blocked_until = 0.0
 
-    def delay(self) -> float:
-        """Seconds to wait before the next request; reserves its slot."""
+    def delay(self, limit: float | None = None) -> float | None:
+        """Seconds to wait before the next request, its slot reserved; or None, reserving
+        nothing, if that is longer than `limit`."""
         with self._lock:
             now = self._clock()
             start = max(now, self._blocked_until)
+            low = self._remaining is not None and self._remaining <= LOW_WATER
+            if low:
+                start = max(start, self._next_slot)
+            if start > now and limit is not None and start - now > limit:
+                return None
+            if low:
+                self._next_slot = start + 1.0 / self._rate
             if self._remaining is not None:
-                if self._remaining <= LOW_WATER:
-                    start = max(start, self._next_slot)
-                    self._next_slot = start + 1.0 / self._rate
                 self._remaining -= 1
             return start - now
 
@@ -236,14 +242,15 @@ class Arm:
         self._pace(subscription, "writes")
 
     def _pace(self, subscription: str, kind: str) -> None:
-        """Wait for the subscription's quota; no wait runs past the budget (`OutOfTime`)."""
-        delay = self._pacer(subscription, kind).delay()
-        if delay <= 0:
-            return
+        """Wait for the subscription's quota, but not into the time the request itself needs
+        (`OutOfTime` then, and no slot is taken)."""
         remaining = self.remaining()
-        if remaining is not None and delay >= remaining:
+        limit = None if remaining is None else remaining - PACED_REQUEST_SECONDS
+        delay = self._pacer(subscription, kind).delay(limit)
+        if delay is None:
             raise OutOfTime("the subscription's request quota does not refill within the budget")
-        self._sleep(delay)
+        if delay > 0:
+            self._sleep(delay)
 
     def _client(self, subscription: str):
         with self._lock:

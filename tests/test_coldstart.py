@@ -16,8 +16,12 @@ from bench.coldstart import LAZY
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# azure.functions is imported first and not watched: what it does is the worker's own cost,
+# and may change between its releases; what function_app adds is the app's.
 SCRIPT = """
 import json, os, socket, sys, threading
+import azure.functions
+threads_before = threading.active_count()
 
 touched = {"env": [], "network": []}
 
@@ -48,7 +52,7 @@ import function_app
 print(json.dumps({
     **touched,
     "loaded": [m for m in json.loads(sys.argv[1]) if m in sys.modules],
-    "threads": threading.active_count(),
+    "threads": threading.active_count() - threads_before,
     "functions": sorted(f.get_function_name() for f in function_app.app.get_functions()),
 }))
 """
@@ -69,7 +73,7 @@ def test_importing_the_function_app_reads_no_setting_and_loads_no_sdk():
     assert out["env"] == []
     assert out["network"] == []
     assert out["loaded"] == []
-    assert out["threads"] == 1
+    assert out["threads"] == 0
     assert out["functions"] == [
         "plan_http",
         "ranges_http",

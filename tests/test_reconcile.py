@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kvfirewall import reconcile as engine
 from kvfirewall.ledger import LedgerEntry, LocalStore, open_store
 from kvfirewall.reconcile import reconcile
 from kvfirewall.rules import parse_vault_id
@@ -619,6 +620,7 @@ def test_a_run_with_a_time_budget_stops_starting_vaults_and_reports_those_not_re
     emulator.add_subnet(AGENTS)
     for n in range(12):
         emulator.add_vault(SUB_A, "apps", f"kv-{n:02}", tags=TAG)
+    monkeypatch.setattr(engine, "WORKERS", 8)  # fewer workers than vaults: some must wait
     arm = budgeted_arm(emulator, monkeypatch, slow="update_network_acls", seconds=20.0)
     report = run(arm=arm)
     counts = report.counts
@@ -661,8 +663,6 @@ def test_subscriptions_are_listed_in_parallel(emulator, estate, run):
 def test_a_large_estate_is_streamed_page_by_page_not_held_in_memory(emulator, tmp_path, run):
     """Vaults are reconciled while later pages are still unread: the listing runs only a
     bounded distance ahead of the workers, whatever the estate's size."""
-    from kvfirewall import reconcile as engine
-
     emulator.set_service_tags(OCTOBER)
     emulator.page_size = 10
     for n in range(300):

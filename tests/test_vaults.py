@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvfirewall.rules import parse_vault_id
-from kvfirewall.vaults import Arm, WriteFailed, token_scope
+from kvfirewall.vaults import Arm, OutOfTime, WriteFailed, token_scope
 
 SUB = "11111111-1111-1111-1111-111111111111"
 ACLS = {
@@ -158,3 +158,25 @@ def test_backoff_honours_retry_after_and_never_passes_its_budget():
     assert 0 < fake.now <= 10
     assert not backoff.wait(0.5 + 10 - fake.now)
     assert backoff.attempts == len(fake.sleeps) + 1
+
+
+def test_a_quota_wait_never_eats_the_time_its_request_needs(emulator):
+    """After a 429 with Retry-After 12 s, a run with 15 s left does not sleep 12 s and then
+    have no time for its request: it stops at once, and takes no slot of the quota."""
+    now = [0.0]
+    slept: list[float] = []
+    arm = Arm(
+        endpoint=emulator.url,
+        subscriptions=(SUB,),
+        budget_seconds=15.0,
+        clock=lambda: now[0],
+        sleep=slept.append,
+    )
+    pacer = arm._pacer(SUB, "writes")
+    pacer.observe(5, 12.0)  # a 429: wait 12 s; and the bucket is low
+    with pytest.raises(OutOfTime):
+        arm.pace_write(SUB)
+    assert slept == []
+    now[0] = 12.0  # the Retry-After has passed; 3 s of budget left, and no wait now
+    arm.pace_write(SUB)
+    assert slept == []
