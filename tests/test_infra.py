@@ -137,9 +137,9 @@ SCHEMAS = {
 # here, since neither `az bicep` nor arm-ttk runs offline.
 ARM_FUNCTIONS = {
     "copyIndex", "createArray", "deployment", "empty", "environment", "extensionResourceId",
-    "filter", "format", "guid", "if", "join", "lambda", "lambdaVariables", "length", "not",
+    "filter", "format", "guid", "if", "join", "lambda", "lambdaVariables", "length", "map", "not",
     "parameters", "reference", "replace", "resourceGroup", "resourceId", "split", "subscription",
-    "subscriptionResourceId", "trim", "uniqueString", "variables",
+    "subscriptionResourceId", "toLower", "trim", "union", "uniqueString", "variables",
 }  # fmt: skip
 BUILTIN_ROLES = {
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
