@@ -135,6 +135,19 @@ def budgeted_arm(emulator, monkeypatch, *, slow: str, seconds: float) -> Arm:
     )
 
 
+def plan_with_progress(emulator, progress):
+    """A dry run with the environment's settings, reporting each vault to `progress`."""
+    settings = Settings.from_env()
+    return reconcile(
+        settings,
+        store=open_store(settings.state),
+        arm=Arm(endpoint=emulator.url, subscriptions=settings.subscriptions),
+        write=False,
+        mode="plan",
+        progress=progress,
+    )
+
+
 @pytest.fixture
 def estate(emulator):
     """A mixed estate: every kind of vault the product meets."""
@@ -675,15 +688,7 @@ def test_a_large_estate_is_streamed_page_by_page_not_held_in_memory(emulator, tm
         if done == 1:
             pages_read.append(sum(r.path.endswith("/vaults") for r in emulator.requests))
 
-    settings = Settings.from_env()
-    report = reconcile(
-        settings,
-        store=open_store(settings.state),
-        arm=Arm(endpoint=emulator.url, subscriptions=settings.subscriptions),
-        write=False,
-        mode="plan",
-        progress=first_result,
-    )
+    report = plan_with_progress(emulator, first_result)
     assert len(report.vaults) == 300
     ahead = engine.LISTED_QUEUE + 2 * engine.WORKERS + engine.LISTERS * emulator.page_size
     assert pages_read[0] <= ahead // emulator.page_size + 2 < 30
@@ -752,16 +757,8 @@ def test_listing_stops_when_the_run_stops(emulator, run, tmp_path):
     def closed_output(_done, _result) -> None:
         raise BrokenPipeError("stdout closed")
 
-    settings = Settings.from_env()
     with pytest.raises(BrokenPipeError):
-        reconcile(
-            settings,
-            store=open_store(settings.state),
-            arm=Arm(endpoint=emulator.url, subscriptions=settings.subscriptions),
-            write=False,
-            mode="plan",
-            progress=closed_output,
-        )
+        plan_with_progress(emulator, closed_output)
     time.sleep(1.0)  # a lister would go on paging in the background
     pages = sum(r.path.endswith("/vaults") for r in emulator.requests)
     assert pages < 60

@@ -30,6 +30,18 @@ def successful_writes(emulator) -> int:
     return statuses.count(200)
 
 
+def stale_write_after_our_next_one(estate, target: str, rule: str) -> None:
+    """Someone reads the vault right before our next PATCH and writes that copy, plus `rule`,
+    right after it."""
+    seen: dict = {}
+    estate.emulator.intercept(
+        "PATCH",
+        parse_vault_id(target).name,
+        before=lambda emu: seen.update(acls=estate.acls(target)),
+        after=lambda emu: estate.someone_adds(target, rule, stale=seen["acls"]),
+    )
+
+
 def run_together(runs) -> list:
     """Start every run at once (a barrier), wait for all; their reports in order."""
     barrier = threading.Barrier(len(runs))
@@ -112,13 +124,7 @@ def test_a_stale_write_over_ours_is_detected_and_our_rules_are_put_back(estate, 
     """Someone read the vault before our write and wrote their copy (plus a rule) after it,
     as `az keyvault network-rule add` does: our rules vanish, theirs must stay."""
     target = next(v for v in estate.vaults if "locked-003" in v)
-    seen: dict = {}
-    estate.emulator.intercept(
-        "PATCH",
-        "kv-locked-003",
-        before=lambda emu: seen.update(acls=estate.acls(target)),
-        after=lambda emu: estate.someone_adds(target, "203.0.113.9", stale=seen["acls"]),
-    )
+    stale_write_after_our_next_one(estate, target, "203.0.113.9")
     report = estate.run()
     result = next(v for v in report.vaults if v.id == target)
     assert result.outcome == "updated" and result.put_back
@@ -156,13 +162,7 @@ def test_a_stale_write_that_brings_back_a_rule_we_removed_is_undone(estate, figu
     estate.run(settings=estate.settings(KVF_EXTRA_IP_RULES="52.10.20.30,52.10.20.31"))
     target = next(v for v in estate.vaults if "locked-003" in v)
     assert old in estate.nets(target)
-    seen: dict = {}
-    estate.emulator.intercept(
-        "PATCH",
-        "kv-locked-003",
-        before=lambda emu: seen.update(acls=estate.acls(target)),
-        after=lambda emu: estate.someone_adds(target, "203.0.113.9", stale=seen["acls"]),
-    )
+    stale_write_after_our_next_one(estate, target, "203.0.113.9")
     report = estate.run()  # 52.10.20.31 is not wanted any more
     result = next(v for v in report.vaults if v.id == target)
     assert result.outcome == "updated" and str(old) in result.put_back
