@@ -12,21 +12,17 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from kvfirewall.api import ReconcileRequest
+from kvfirewall.events import EventTarget, MalformedEvent, event_target
 from kvfirewall.geographies import GEOGRAPHY_REGIONS
+from kvfirewall.ledger import StateStore, open_store
+from kvfirewall.ranges import desired_rules
+from kvfirewall.reconcile import Progress, reconcile, resolve_ranges
+from kvfirewall.report import Report
+from kvfirewall.rules import VaultRef
 from kvfirewall.settings import Settings, SettingsError, redact_url
-
-# The Functions worker imports this module (through `functions/`) to index the app, before
-# any invocation: what only a run needs (the engine, azure-core and the Azure SDKs behind it)
-# is imported by the first call that uses it, so that indexing a cold instance stays cheap.
-if TYPE_CHECKING:
-    from kvfirewall.api import ReconcileRequest
-    from kvfirewall.ledger import StateStore
-    from kvfirewall.reconcile import Progress
-    from kvfirewall.report import Report
-    from kvfirewall.rules import VaultRef
-    from kvfirewall.vaults import Arm
+from kvfirewall.vaults import Arm
 
 log = logging.getLogger("kvfirewall")
 
@@ -66,7 +62,6 @@ class Service:
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
         """Open the configured store; a store the SDKs refuse is a settings error."""
-        from kvfirewall.ledger import open_store
 
         try:
             store = open_store(settings.state)
@@ -78,7 +73,6 @@ class Service:
 
     def arm(self, *, budget_seconds: float | None = None) -> Arm:
         """Resource Manager access for one run, sharing the process's credential."""
-        from kvfirewall.vaults import Arm
 
         with self._lock:
             if self._credential is None:
@@ -109,7 +103,6 @@ class Service:
         progress: Progress | None = None,
         thread_init: Callable[[], None] | None = None,
     ) -> Report:
-        from kvfirewall.reconcile import reconcile
 
         return reconcile(
             self.settings,
@@ -158,7 +151,6 @@ class Service:
 
         Raises `RetryLater` when the vault could not be reconciled for a transient reason.
         """
-        from kvfirewall.events import EventTarget, MalformedEvent, event_target
 
         try:
             target: EventTarget = event_target(event_type=event_type, subject=subject, data=data)
@@ -187,8 +179,6 @@ class Service:
     def ranges(self) -> dict:
         """What would be allowed, by geography and region, and from which source version.
         Read-only: nothing is stored, not even a newer snapshot."""
-        from kvfirewall.ranges import desired_rules
-        from kvfirewall.reconcile import resolve_ranges
 
         arm = self.arm(budget_seconds=HTTP_BUDGET_SECONDS)
         decision = resolve_ranges(self.settings, self.store, arm, save=False)
