@@ -746,10 +746,12 @@ def test_a_worker_thread_that_cannot_start_fails_the_run_instead_of_hanging(emul
 
 
 def test_listing_stops_when_the_run_stops(emulator, run, tmp_path):
-    """A run that ends early (its progress output closed) reads no further list pages."""
+    """A run that ends early (its progress output closed) reads no further list pages than
+    its bounded look-ahead had, however many there are."""
     emulator.set_service_tags(OCTOBER)
-    emulator.page_size = 1
-    for n in range(120):
+    emulator.page_size = 4
+    ahead = engine.LISTED_QUEUE + 2 * engine.WORKERS + engine.LISTERS * emulator.page_size
+    for n in range(2 * ahead):
         emulator.add_vault(SUB_A, "apps", f"kv-{n:03}", tags=TAG)
     run(write=False)
     emulator.clear_log()
@@ -761,4 +763,4 @@ def test_listing_stops_when_the_run_stops(emulator, run, tmp_path):
         plan_with_progress(emulator, closed_output)
     time.sleep(1.0)  # a lister would go on paging in the background
     pages = sum(r.path.endswith("/vaults") for r in emulator.requests)
-    assert pages < 60
+    assert pages <= ahead // emulator.page_size + engine.LISTERS + 2 < 2 * ahead // 4
