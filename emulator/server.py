@@ -116,14 +116,17 @@ class _Token:
 class _Bucket:
     """ARM's token bucket: `size` tokens, refilled at `rate` per second."""
 
-    def __init__(self, size: int, rate: float) -> None:
+    def __init__(
+        self, size: int, rate: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.size = float(size)
         self.rate = float(rate)
         self.tokens = float(size)
-        self.stamp = time.monotonic()
+        self._clock = clock
+        self.stamp = clock()
 
     def _refill(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         self.tokens = min(self.size, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
 
