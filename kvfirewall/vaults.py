@@ -46,8 +46,8 @@ RETRYABLE_READ_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 READ_RETRY_SECONDS = 60.0
 # Resource Manager's token buckets, per subscription and principal: what each refills per
 # second (reads 250 + 25/s, writes 200 + 10/s). Once fewer than LOW_WATER tokens remain, as
-# the x-ms-ratelimit-remaining-subscription-* headers tell, requests are spaced at the refill
-# rate: a large run then goes as fast as the quota allows, without a storm of 429s.
+# the x-ms-ratelimit-remaining-subscription-* headers tell (see _Pacer), requests are spaced at
+# the refill rate: a large run then goes as fast as the quota allows, without a storm of 429s.
 REFILL_PER_SECOND = {"reads": 25.0, "writes": 10.0}
 LOW_WATER = 20
 PACED_REQUEST_SECONDS = 10.0  # within a budget, a quota wait leaves the request this long
@@ -74,43 +74,63 @@ class CallCounts:
 
 
 class _Pacer:
-    """One subscription's quota of one kind (reads or writes), as this process sees it.
+    """A mirror of one subscription's token bucket of one kind (reads or writes), as this
+    process sees it: what the answers said was left, less the requests sent since, plus the
+    refill. A request goes while the mirror holds more than a reserve (LOW_WATER, or half a
+    smaller bucket); then the refill paces them.
 
     Shared by every thread, so a throttled answer holds back all of them until its
-    Retry-After has passed, instead of each thread finding out with a 429 of its own.
+    Retry-After has passed, instead of each thread finding out with a 429 of its own. Until
+    the first answer the bucket is unknown and requests go at the refill rate, so that many
+    workers cannot spend a small bucket in their first instant. Nobody books a slot ahead:
+    a caller told to wait asks again, by then with what the latest answers said.
     """
 
     def __init__(self, rate: float, clock: Callable[[], float]) -> None:
         self._rate = rate
         self._clock = clock
         self._lock = threading.Lock()
-        self._remaining: int | None = None  # unknown until the first answer
-        self._next_slot = 0.0
+        self._known = False  # until the first answer that says what is left
+        self._ceiling = 0.0  # the most any answer said was left: about the bucket's size
+        self._tokens = 1.0
+        self._stamp = clock()
         self._blocked_until = 0.0
 
-    def delay(self, limit: float | None = None) -> float | None:
-        """Seconds to wait before the next request, its slot reserved; or None, reserving
-        nothing, if that is longer than `limit`."""
+    def _reserve(self) -> float:
+        return min(float(LOW_WATER), self._ceiling // 2)
+
+    def _refill(self, now: float) -> None:
+        cap = max(self._ceiling, self._reserve() + 1.0)
+        self._tokens = min(cap, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+
+    def take(self, limit: float | None = None) -> float | None:
+        """0 when a request may go now (its token taken); else the seconds after which to
+        ask again, taking nothing; or None if those are more than `limit`."""
         with self._lock:
             now = self._clock()
-            start = max(now, self._blocked_until)
-            low = self._remaining is not None and self._remaining <= LOW_WATER
-            if low:
-                start = max(start, self._next_slot)
-            if start > now and limit is not None and start - now > limit:
-                return None
-            if low:
-                self._next_slot = start + 1.0 / self._rate
-            if self._remaining is not None:
-                self._remaining -= 1
-            return start - now
+            self._refill(now)
+            short = self._reserve() + 1.0 - self._tokens
+            wait = max(self._blocked_until - now, short / self._rate if short > 1e-6 else 0.0)
+            if wait > 0:
+                return None if limit is not None and wait > limit else wait
+            self._tokens -= 1.0
+            return 0.0
 
     def observe(self, remaining: int | None, retry_after: float | None) -> None:
+        """Take in what an answer said. It may be older than requests sent since, so it
+        only ever lowers the mirror; the refill raises it."""
         with self._lock:
+            now = self._clock()
+            self._refill(now)
             if remaining is not None:
-                self._remaining = remaining
+                self._ceiling = max(self._ceiling, float(remaining))
+                # Requests sent before the first answer went at the refill rate, which
+                # leaves the bucket as full as it was: that answer is taken as it is.
+                known, self._known = self._known, True
+                self._tokens = min(self._tokens, float(remaining)) if known else float(remaining)
             if retry_after:
-                self._blocked_until = max(self._blocked_until, self._clock() + retry_after)
+                self._blocked_until = max(self._blocked_until, now + retry_after)
 
 
 class _CountingPolicy(SansIOHTTPPolicy):
@@ -244,13 +264,18 @@ class Arm:
     def _pace(self, subscription: str, kind: str) -> None:
         """Wait for the subscription's quota, but not into the time the request itself needs
         (`OutOfTime` then, and no slot is taken)."""
-        remaining = self.remaining()
-        limit = None if remaining is None else remaining - PACED_REQUEST_SECONDS
-        delay = self._pacer(subscription, kind).delay(limit)
-        if delay is None:
-            raise OutOfTime("the subscription's request quota does not refill within the budget")
-        if delay > 0:
-            self._sleep(delay)
+        pacer = self._pacer(subscription, kind)
+        while True:
+            remaining = self.remaining()
+            limit = None if remaining is None else remaining - PACED_REQUEST_SECONDS
+            wait = pacer.take(limit)
+            if wait is None:
+                raise OutOfTime(
+                    "the subscription's request quota does not refill within the budget"
+                )
+            if wait == 0:
+                return
+            self._sleep(wait)
 
     def _client(self, subscription: str):
         with self._lock:
