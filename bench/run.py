@@ -49,10 +49,10 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from emulator.server import WRITE_BUCKET
+
 ROOT = Path(__file__).resolve().parent.parent
-# Resource Manager's write bucket per subscription and principal (Emulator.throttle's default).
-WRITE_BURST = 200
-WRITE_REFILL_PER_SECOND = 10.0
+WRITE_BURST, WRITE_REFILL_PER_SECOND = WRITE_BUCKET  # what `--throttle` gives the emulator
 PHASES = ("full", "rerun", "event", "event-drift")
 # Credentials that would take precedence over the emulator's managed identity.
 FOREIGN_ENV_PREFIXES = ("KVF_", "AZURE_", "MSI_", "IDENTITY_", "AzureWebJobs")

@@ -39,9 +39,12 @@ import trustme
 from . import servicetags, vaults
 from .errors import ArmError, bad_request
 
-__all__ = ["Emulator", "Recorded"]
+__all__ = ["READ_BUCKET", "WRITE_BUCKET", "Emulator", "Recorded"]
 
 _UNTHROTTLED_REMAINING = 11999
+# Resource Manager's token buckets per subscription and principal: (size, refilled per second).
+READ_BUCKET = (250, 25.0)
+WRITE_BUCKET = (200, 10.0)
 _TOKEN_LIFETIME = 24 * 3600
 _KEY_VAULT_CONTRIBUTOR = "f25e0fa2-a7c8-4377-a976-54943a77a395"
 
@@ -475,8 +478,8 @@ class Emulator:
 
     def throttle(
         self,
-        reads: tuple[int, float] | None = (250, 25.0),
-        writes: tuple[int, float] | None = (200, 10.0),
+        reads: tuple[int, float] | None = READ_BUCKET,
+        writes: tuple[int, float] | None = WRITE_BUCKET,
     ) -> None:
         """Enable per-subscription token buckets (size, refill/s); None disables a kind."""
         with self._lock:

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emulator.server import _Bucket
+from emulator.server import WRITE_BUCKET, _Bucket
 from kvfirewall.vaults import LOW_WATER, REFILL_PER_SECOND, _Pacer
 
-WRITE_RATE = REFILL_PER_SECOND["writes"]
+ARM_SIZE, ARM_RATE = WRITE_BUCKET  # the service's bucket, as the emulator models it
 
 
 @dataclass
@@ -30,8 +30,8 @@ def simulate(
     PATCH (`latency` s there and back), and start on the next vault; a refused write is
     tried again."""
     now = [0.0]
-    bucket = _Bucket(size, WRITE_RATE, clock=lambda: now[0])
-    pacer = _Pacer(WRITE_RATE, lambda: now[0])
+    bucket = _Bucket(size, ARM_RATE, clock=lambda: now[0])
+    pacer = _Pacer(REFILL_PER_SECOND["writes"], lambda: now[0])
     rng = random.Random(seed)
     queue: list[tuple[float, int, str, tuple]] = []
     order = 0
@@ -97,11 +97,11 @@ def test_a_large_run_spends_the_write_quota_as_fast_as_it_refills(requests, late
     """With Resource Manager's bucket (200, 10/s) and 32 workers, the run takes no longer
     than the quota needs: the burst, then the refill, plus the reserve it keeps in the bucket
     and a round trip at each end."""
-    size, workers = 200, 32
+    size, workers = ARM_SIZE, 32
     outcome = simulate(
         size=size, workers=workers, requests=requests, latency=latency, jitter=0.1, seed=seed
     )
-    floor = (requests - size) / WRITE_RATE  # no client can be faster without a 429
-    margin = (LOW_WATER + 2) / WRITE_RATE + 2 * (latency + 0.1)  # the reserve, 2 round trips
+    floor = (requests - size) / ARM_RATE  # no client can be faster without a 429
+    margin = (LOW_WATER + 2) / ARM_RATE + 2 * (latency + 0.1)  # the reserve, 2 round trips
     assert outcome.refused == 0
     assert floor <= outcome.seconds <= floor + margin
