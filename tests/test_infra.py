@@ -20,6 +20,7 @@ from packaging.utils import canonicalize_name
 
 from kvfirewall.events import VAULT_WRITE_OPERATION, WRITE_SUCCESS
 from kvfirewall.settings import DEFAULT_ARM_ENDPOINT, DEFAULT_SCHEDULE, SETTINGS, Settings
+from tests.armschema import parameters_errors, template_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_CODE = [
@@ -238,14 +239,33 @@ def app_settings() -> dict[str, str]:
     return {s["name"]: s["value"] for s in site["properties"]["siteConfig"]["appSettings"]}
 
 
-def test_templates_are_json_with_the_schema_of_their_scope():
-    for level in levels():
+def test_templates_follow_microsofts_published_schemas_strictly():
+    """Types, enums, required and known property names of every template, nested ones
+    included, and of the example parameters (tests/armschema.py)."""
+    assert template_errors(load()) == []
+    assert parameters_errors(load("azuredeploy.parameters.json")) == []
+    for level in levels():  # what a schema cannot see: the scope each template is deployed at
         assert level.template["$schema"] == SCHEMAS[level.scope], level.path
-        assert level.template["contentVersion"] == "1.0.0.0"
-        for resource in level.resources:
-            assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", resource["apiVersion"]), resource["type"]
+
+
+def test_the_schema_check_names_a_misspelt_property_at_any_depth():
+    template = load()
+    [site] = [
+        r for lvl in levels(template) for r in lvl.resources if r["type"] == "Microsoft.Web/sites"
+    ]
+    scale = site["properties"]["functionAppConfig"]["scaleAndConcurrency"]
+    scale["maximumInstanceCont"] = scale.pop("maximumInstanceCount")
+    [loop] = [r for r in template["resources"] if "copy" in r]
+    loop["copy"]["cont"] = loop["copy"].pop("count")
+    deepest = next(lvl for lvl in reversed(levels(template)) if lvl.path.count("/") > 1)
+    deepest.resources[0]["dependOn"] = []
+    errors = template_errors(template)
+    assert len(errors) == 3, errors
+    for typo in ("maximumInstanceCont", "cont", "dependOn"):
+        assert any(f"unknown property '{typo}'" in error for error in errors), typo
     parameters = load("azuredeploy.parameters.json")
-    assert parameters["$schema"].endswith("/2019-04-01/deploymentParameters.json#")
+    parameters["parameters"]["KVF_MODE"] = {"valeu": "audit"}
+    assert "'valeu'" in " ".join(parameters_errors(parameters))
 
 
 def test_expressions_call_known_functions_with_balanced_quotes_and_parentheses():
