@@ -20,6 +20,7 @@ from packaging.utils import canonicalize_name
 
 from kvfirewall.events import VAULT_WRITE_OPERATION, WRITE_SUCCESS
 from kvfirewall.settings import DEFAULT_ARM_ENDPOINT, DEFAULT_SCHEDULE, SETTINGS, Settings
+from tests.armschema import parameters_errors, template_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_CODE = [
@@ -158,6 +159,8 @@ class Level:
     path: str
     scope: str  # "subscription" | "resourceGroup"
     template: dict
+    parent: Level | None = None
+    deployment: dict | None = None  # the parent's resource that deploys this template
 
     @property
     def resources(self) -> list[dict]:
@@ -169,22 +172,40 @@ class Level:
         inner = expression[1:-1] if expression.startswith("[") else repr(expression)
         return re.sub(r"variables\('(\w+)'\)", lambda m: self.resolve(variables[m[1]]), inner)
 
+    def passed(self, name: str) -> str:
+        """The value the parent passes to this nested template's parameter, resolved there."""
+        assert self.parent and self.deployment, f"{self.path} is not nested"
+        return self.parent.resolve(self.deployment["properties"]["parameters"][name]["value"])
+
+    def trace(self, expression: str) -> str:
+        """An expression resolved here, its parameters replaced by what the parents pass."""
+        resolved = self.resolve(expression)
+        if self.parent is None:
+            return resolved
+        passed = self.deployment["properties"]["parameters"]
+        return re.sub(
+            r"parameters\('(\w+)'\)", lambda m: self.parent.trace(passed[m[1]]["value"]), resolved
+        )
+
 
 def load(name: str = "azuredeploy.json") -> dict:
     return json.loads((INFRA / name).read_text())
 
 
-def levels(
-    template: dict | None = None, scope: str = "subscription", path: str = ""
-) -> list[Level]:
+def levels(template: dict | None = None) -> list[Level]:
     """The template and every template nested in it, depth first."""
-    template = load() if template is None else template
-    found = [Level(path or "root", scope, template)]
-    for resource in template.get("resources", []):
+    return below(Level("root", "subscription", load() if template is None else template))
+
+
+def below(level: Level) -> list[Level]:
+    """A level and the levels its deployments nest in it, depth first."""
+    found = [level]
+    for resource in level.resources:
         if resource["type"] == "Microsoft.Resources/deployments":
-            inner = "resourceGroup" if "resourceGroup" in resource else scope
+            inner = "resourceGroup" if "resourceGroup" in resource else level.scope
             nested = resource["properties"]["template"]
-            found += levels(nested, inner, f"{path}/{resource['name']}")
+            path = f"{level.path}/{resource['name']}"
+            found += below(Level(path, inner, nested, level, resource))
     return found
 
 
@@ -229,7 +250,7 @@ def arguments(expression: str, function: str) -> list[str]:
 
 def granted(level: Level, assignment: dict) -> str:
     """The role a role assignment grants: a built-in one by name, a custom one by its id."""
-    role = level.resolve(assignment["properties"]["roleDefinitionId"])
+    role = level.trace(assignment["properties"]["roleDefinitionId"])
     return next((name for guid, name in BUILTIN_ROLES.items() if guid in role), role)
 
 
@@ -238,14 +259,33 @@ def app_settings() -> dict[str, str]:
     return {s["name"]: s["value"] for s in site["properties"]["siteConfig"]["appSettings"]}
 
 
-def test_templates_are_json_with_the_schema_of_their_scope():
-    for level in levels():
+def test_templates_follow_microsofts_published_schemas_strictly():
+    """Types, enums, required and known property names of every template, nested ones
+    included, and of the example parameters (tests/armschema.py)."""
+    assert template_errors(load()) == []
+    assert parameters_errors(load("azuredeploy.parameters.json")) == []
+    for level in levels():  # what a schema cannot see: the scope each template is deployed at
         assert level.template["$schema"] == SCHEMAS[level.scope], level.path
-        assert level.template["contentVersion"] == "1.0.0.0"
-        for resource in level.resources:
-            assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", resource["apiVersion"]), resource["type"]
+
+
+def test_the_schema_check_names_a_misspelt_property_at_any_depth():
+    template = load()
+    [site] = [
+        r for lvl in levels(template) for r in lvl.resources if r["type"] == "Microsoft.Web/sites"
+    ]
+    scale = site["properties"]["functionAppConfig"]["scaleAndConcurrency"]
+    scale["maximumInstanceCont"] = scale.pop("maximumInstanceCount")
+    [loop] = [r for r in template["resources"] if "copy" in r]
+    loop["copy"]["cont"] = loop["copy"].pop("count")
+    deepest = next(lvl for lvl in reversed(levels(template)) if lvl.path.count("/") > 1)
+    deepest.resources[0]["dependOn"] = []
+    errors = template_errors(template)
+    assert len(errors) == 3, errors
+    for typo in ("maximumInstanceCont", "cont", "dependOn"):
+        assert any(f"unknown property '{typo}'" in error for error in errors), typo
     parameters = load("azuredeploy.parameters.json")
-    assert parameters["$schema"].endswith("/2019-04-01/deploymentParameters.json#")
+    parameters["parameters"]["KVF_MODE"] = {"valeu": "audit"}
+    assert "'valeu'" in " ".join(parameters_errors(parameters))
 
 
 def test_expressions_call_known_functions_with_balanced_quotes_and_parentheses():
@@ -347,6 +387,10 @@ def test_flex_consumption_python_311_on_linux():
     config = site["properties"]["functionAppConfig"]
     assert config["runtime"] == {"name": "python", "version": "3.11"}
     assert {"maximumInstanceCount", "instanceMemoryMB"} <= set(config["scaleAndConcurrency"])
+    # The plan allows 1 to 1,000 instances; a small cap keeps a burst of vault events from
+    # spreading over many instances that share one identity's Resource Manager quota.
+    count = load()["parameters"]["maximumInstanceCount"]
+    assert (count["minValue"], count["defaultValue"], count["maxValue"]) == (1, 10, 1000)
     # Flex Consumption takes the runtime from functionAppConfig and refuses these settings.
     assert not {"FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION"} & set(app_settings())
 
@@ -380,10 +424,11 @@ def test_storage_and_telemetry_by_managed_identity_and_never_by_key():
     assert package["type"] == "UserAssignedIdentity"
     assert level.resolve(package["userAssignedIdentityResourceId"]) == identity_id
     # The data roles the Functions host and the ledger need, on the app's storage and telemetry.
+    principal = f"reference({identity_id}, '2023-01-31').principalId"
     roles = {
         granted(lvl, r)
         for lvl, r in resources("Microsoft.Authorization/roleAssignments")
-        if lvl.path == level.path and identity_id in lvl.resolve(r["properties"]["principalId"])
+        if lvl.parent.path == level.path and lvl.passed("principalId") == principal
     }
     assert roles == {
         "Storage Blob Data Owner",
@@ -393,19 +438,54 @@ def test_storage_and_telemetry_by_managed_identity_and_never_by_key():
     }
 
 
-def test_role_assignments_have_deterministic_names_of_scope_principal_and_role():
+def test_role_assignment_names_derive_from_scope_role_and_principal_id():
+    """Azure refuses to point an assignment at another principal (RoleAssignmentUpdateNotPermitted),
+    so a re-created identity or topic, with a new principal id, needs a new name: the name hashes
+    the principal id. A name cannot call reference(), so each assignment sits in a nested
+    deployment that receives the principal id as its parameter."""
     assignments = resources("Microsoft.Authorization/roleAssignments")
     assert len(assignments) == 6
+    default_scope = {"subscription": "subscription().id", "resourceGroup": "resourceGroup().id"}
     for level, assignment in assignments:
         name, properties = assignment["name"], assignment["properties"]
         assert re.fullmatch(r"\[guid\(.*\)\]", name) and not re.search("utcNow|newGuid", name)
-        parts = arguments(name, "guid")
-        default_scope = {"subscription": "subscription().id", "resourceGroup": "resourceGroup().id"}
-        assert assignment.get("scope", f"[{default_scope[level.scope]}]")[1:-1] in parts, name
-        assert properties["roleDefinitionId"][1:-1] in parts, name
-        # The principal id is known only once the identity exists; its resource id stands in.
-        assert arguments(properties["principalId"], "reference")[0] in parts, name
+        parts = arguments(level.resolve(name), "guid")
+        scope = assignment.get("scope", f"[{default_scope[level.scope]}]")
+        assert level.resolve(scope) in parts, name
+        assert level.resolve(properties["roleDefinitionId"]) in parts, name
+        assert properties["principalId"] == "[parameters('principalId')]", name
+        assert "parameters('principalId')" in parts, name
+        # ...which the parent reads from the identity once it exists.
+        assert "reference(" in level.trace(properties["principalId"]), level.path
         assert properties["principalType"] == "ServicePrincipal"
+
+
+def depends_on(level: Level, target: Level | dict) -> bool:
+    """Whether the deployment of a nested level lists `target` (a resource of its parent, or
+    another nested level's deployment) in its dependsOn."""
+    resource = target.deployment if isinstance(target, Level) else target
+    after = [level.parent.resolve(d) for d in level.deployment.get("dependsOn", [])]
+    name = level.parent.resolve(resource["name"])
+    return any(resource["type"] in d and name in d for d in after)
+
+
+def test_custom_roles_are_assigned_in_a_nested_deployment_after_their_definition():
+    """A new role definition propagates eventually: assigned by the deployment that creates it,
+    Azure may not find it yet (RoleDefinitionDoesNotExist). A nested deployment that depends
+    on the definition starts once its creation has finished."""
+    definitions = resources("Microsoft.Authorization/roleDefinitions")
+    custom = [
+        (level, assignment, definition_level, definition)
+        for level, assignment in resources("Microsoft.Authorization/roleAssignments")
+        for definition_level, definition in definitions
+        if definition_level.resolve(definition["name"]) in granted(level, assignment)
+    ]
+    assert [d["properties"]["roleName"] for *_, d in custom] == [
+        "[format('kvfirewall operator ({0})', subscription().subscriptionId)]"
+    ]
+    for level, _, definition_level, definition in custom:
+        assert level.parent.path == definition_level.path
+        assert depends_on(level, definition)
 
 
 def indexed_functions() -> dict[str, list[dict]]:
@@ -427,9 +507,9 @@ def test_vault_writes_reach_the_event_grid_function_with_retries_and_dead_letter
         "source": "[subscription().id]",
         "topicType": "Microsoft.Resources.Subscriptions",
     }
-    [(_, subscription)] = resources("Microsoft.EventGrid/systemTopics/eventSubscriptions")
+    [(level, subscription)] = resources("Microsoft.EventGrid/systemTopics/eventSubscriptions")
     # Created only once the function exists: Event Grid refuses a missing one.
-    assert subscription["condition"] == "[parameters('deployEventSubscription')]"
+    assert level.deployment["condition"] == "[parameters('deployEventSubscription')]"
     assert load()["parameters"]["deployEventSubscription"]["defaultValue"] is False
     properties = subscription["properties"]
     assert properties["filter"] == {
@@ -453,19 +533,29 @@ def test_vault_writes_reach_the_event_grid_function_with_retries_and_dead_letter
     assert dead_letter["deadLetterDestination"]["endpointType"] == "StorageBlob"
     container = dead_letter["deadLetterDestination"]["properties"]["blobContainerName"]
     assert container == "[parameters('deadLetterContainerName')]"
-    # The topic's identity may write to the dead-letter container, and only there.
-    [(level, grant)] = [
-        (lvl, r)
-        for lvl, r in resources("Microsoft.Authorization/roleAssignments")
-        if granted(lvl, r) == "Storage Blob Data Contributor"
-    ]
-    scope = level.resolve(grant["scope"])
+    # The topic's identity may write to the dead-letter container, and only there, before the
+    # event subscription exists: Event Grid would otherwise dead-letter into a refusing container.
+    [(grant_level, grant)] = dead_letter_grants()
+    scope = grant_level.resolve(grant["scope"])
     assert "/containers/{1}" in scope and "parameters('deadLetterContainerName')" in scope
-    assert grant["properties"]["principalId"].endswith("'Full').identity.principalId]")
+    [topic_level] = [lvl for lvl, _ in resources("Microsoft.EventGrid/systemTopics")]
+    output = topic_level.template["outputs"]["principalId"]["value"]
+    assert output.endswith("'Full').identity.principalId]")
+    assert "outputs.principalId.value" in grant_level.passed("principalId")
+    assert depends_on(grant_level, topic_level)
+    assert grant_level.parent.path == level.parent.path and depends_on(level, grant_level)
     # The function is this deployment's app.
     app, loop = (d["properties"]["parameters"] for d in load()["resources"][1:])
     assert app["appName"]["value"] == "[variables('appName')]"
     assert "'Microsoft.Web/sites', variables('appName')" in loop["functionAppId"]["value"]
+
+
+def dead_letter_grants() -> list[tuple[Level, dict]]:
+    return [
+        (lvl, r)
+        for lvl, r in resources("Microsoft.Authorization/roleAssignments")
+        if granted(lvl, r) == "Storage Blob Data Contributor"
+    ]
 
 
 def readme_actions(marker: str) -> list[str]:
@@ -479,8 +569,7 @@ def readme_actions(marker: str) -> list[str]:
 def test_custom_roles_allow_exactly_the_documented_actions():
     definitions = resources("Microsoft.Authorization/roleDefinitions")
     assigned = " ".join(
-        level.resolve(r["properties"]["roleDefinitionId"])
-        for level, r in resources("Microsoft.Authorization/roleAssignments")
+        granted(level, r) for level, r in resources("Microsoft.Authorization/roleAssignments")
     )
     documented = {
         "kvfirewall operator": "**Least privilege.**",
@@ -499,5 +588,49 @@ def test_custom_roles_allow_exactly_the_documented_actions():
     assert set(readme_actions(documented["kvfirewall operator"])) == {
         "Microsoft.KeyVault/vaults/read",
         "Microsoft.KeyVault/vaults/write",
+        "Microsoft.KeyVault/locations/deletedVaults/read",
         "Microsoft.Network/locations/serviceTags/read",
     }
+
+
+def readme_section(heading: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"\n{heading}\n")
+    return readme[start : readme.index("\n#", start + len(heading) + 2)]
+
+
+def test_no_role_the_readme_creates_by_hand_has_a_name_the_template_gives():
+    """Role names are unique in a tenant: a role created by hand under a name the template
+    uses in a subscription would stop that subscription's deployment, once it is managed
+    (RoleDefinitionWithSameNameExists)."""
+    subscription = "6f1c2a8e-4b7d-4c1e-9a53-2d8e0f4b7a10"
+    readme = (ROOT / "README.md").read_text()
+    by_hand = re.findall(r'\\?"Name\\?": \\?"([^"\\]+)', readme)
+    assert len(by_hand) == 2  # the operator role (Security) and the subnet joiner (Permissions)
+    template_names = []
+    for _, definition in resources("Microsoft.Authorization/roleDefinitions"):
+        pattern = arguments(definition["properties"]["roleName"], "format")[0].strip("'")
+        template_names.append(re.escape(pattern).replace(r"\{0\}", "[0-9a-f-]+"))
+    for name in by_hand:
+        name = name.replace("$SUB", subscription).replace("<subscription-id>", subscription)
+        assert not any(re.fullmatch(pattern, name) for pattern in template_names), name
+
+
+def test_uninstall_removes_the_role_assignments_of_every_principal_the_template_grants():
+    """Both the identity's and each topic's: an assignment outlives its principal as "Unknown"."""
+    uninstall = readme_section("### Uninstall")
+    commands = dict(re.findall(r"^\s*(\w+)=\$\((.*?)\)$", uninstall.replace("\\\n", " "), re.M))
+    deleted = re.findall(
+        r'az role assignment list [^|]*--assignee "\$(\w+)"[^|]*\|\s*xargs -r az role assignment delete',
+        uninstall.replace("\\\n", " "),
+    )
+    sources = {commands[variable] for variable in deleted}
+    assert any("outputs.principalId.value" in source for source in sources)  # the identity
+    [topic] = [source for source in sources if "system-topic show" in source]
+    assert "--query identity.principalId" in topic
+    [(topic_level, _)] = resources("Microsoft.EventGrid/systemTopics")
+    topic_name = topic_level.trace("[parameters('topicName')]")[1:-1]
+    assert f"--name {topic_name} " in topic
+    [(grant_level, _)] = dead_letter_grants()
+    container = grant_level.trace("[parameters('deadLetterContainerName')]")[1:-1]
+    assert f"/containers/{container}" in uninstall and '--scope "$CONTAINER"' in uninstall
