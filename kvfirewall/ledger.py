@@ -24,6 +24,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Protocol
 
+from kvfirewall.clouds import PUBLIC, default_credential
 from kvfirewall.ranges import Snapshot
 from kvfirewall.settings import StateLocation
 
@@ -115,11 +116,12 @@ class StateStore(Protocol):
     ) -> contextlib.AbstractContextManager[Lease]: ...
 
 
-def open_store(location: StateLocation) -> StateStore:
-    """The store for a validated `StateLocation`."""
+def open_store(location: StateLocation, *, arm_endpoint: str = PUBLIC.arm_endpoint) -> StateStore:
+    """The store for a validated `StateLocation`; identity-based storage signs in at the
+    cloud of `arm_endpoint`."""
     if location.kind == "local":
         return LocalStore(Path(location.value))
-    return AzureStore(location)
+    return AzureStore(location, arm_endpoint=arm_endpoint)
 
 
 def _row_key(vault_key: str) -> str:
@@ -258,17 +260,14 @@ class AzureStore:
         *,
         table: str = TABLE_NAME,
         container: str = CONTAINER_NAME,
+        arm_endpoint: str = PUBLIC.arm_endpoint,
     ) -> None:
         from azure.data.tables import TableServiceClient
         from azure.storage.blob import BlobServiceClient
 
         self._location = location
         if location.kind == "identity":
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential(
-                managed_identity_client_id=location.client_id or None
-            )
+            credential = default_credential(arm_endpoint, client_id=location.client_id)
             tables = TableServiceClient(
                 endpoint=location.table_url, credential=credential, **TABLE_OPTIONS
             )

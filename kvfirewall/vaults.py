@@ -28,15 +28,10 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
+from kvfirewall.clouds import default_credential, token_scope
 from kvfirewall.plan import VaultState
 from kvfirewall.rules import VaultRef
 
-# The documented token audiences of the known clouds; any other endpoint uses "<endpoint>/.default".
-KNOWN_SCOPES = {
-    "https://management.azure.com": "https://management.azure.com/.default",
-    "https://management.usgovcloudapi.net": "https://management.core.usgovcloudapi.net/.default",
-    "https://management.chinacloudapi.cn": "https://management.chinacloudapi.cn/.default",
-}
 SERVICE_TAGS_API_VERSION = "2024-05-01"
 # Client errors worth another attempt (after a fresh read): a timeout, a conflicting write in
 # progress, throttling. Every 4xx means the write was not applied; anything else (5xx, a
@@ -56,12 +51,6 @@ CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 60
 USER_AGENT = "kvfirewall/0.1"
 T = TypeVar("T")
-
-
-def token_scope(endpoint: str) -> str:
-    """The credential scope that matches a Resource Manager endpoint."""
-    base = endpoint.rstrip("/")
-    return KNOWN_SCOPES.get(base.lower(), f"{base}/.default")
 
 
 @dataclass
@@ -234,9 +223,7 @@ class Arm:
         """`budget_seconds`: when set, no attempt or wait starts after that much time, and
         each request's timeout is cut to what is left (the caller's own deadline)."""
         if credential is None:
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential()
+            credential = default_credential(endpoint)
         self.endpoint = endpoint.rstrip("/")
         self.subscriptions = subscriptions
         self.counts = CallCounts()
