@@ -39,12 +39,15 @@ import trustme
 from . import servicetags, vaults
 from .errors import ArmError, bad_request
 
-__all__ = ["READ_BUCKET", "WRITE_BUCKET", "Emulator", "Recorded"]
+__all__ = ["READ_BUCKET", "SHARED_FACTOR", "WRITE_BUCKET", "Emulator", "Recorded"]
 
 _UNTHROTTLED_REMAINING = 11999
 # Resource Manager's token buckets per subscription and principal: (size, refilled per second).
 READ_BUCKET = (250, 25.0)
 WRITE_BUCKET = (200, 10.0)
+# Every principal of a subscription also draws on a shared bucket 15 times as large, reported
+# in x-ms-ratelimit-remaining-subscription-global-reads|writes.
+SHARED_FACTOR = 15
 _TOKEN_LIFETIME = 24 * 3600
 _KEY_VAULT_CONTRIBUTOR = "f25e0fa2-a7c8-4377-a976-54943a77a395"
 
@@ -338,13 +341,14 @@ class Emulator:
             self._resets: list[_Fault] = []
             self._stalls: list[_Fault] = []
             self._intercepts: list[_Intercept] = []
-            self._limits: dict[str, tuple[int, float] | None] = {"read": None, "write": None}
+            self._limits: dict[str, tuple[int, float] | None] = {}
             self._buckets: dict[tuple[str, str], _Bucket] = {}
             self._busy: set[tuple[str, str, str]] = set()
             self._generation += 1
             self.latency = 0.0
             self.write_latency = 0.0
             self.page_size = self._default_page_size
+            self.clock: Callable[[], float] = time.monotonic  # the token buckets' clock
             self.clear_log()
 
     def clear_log(self) -> None:
@@ -480,10 +484,24 @@ class Emulator:
         self,
         reads: tuple[int, float] | None = READ_BUCKET,
         writes: tuple[int, float] | None = WRITE_BUCKET,
+        *,
+        shared_reads: tuple[int, float] | None = None,
+        shared_writes: tuple[int, float] | None = None,
     ) -> None:
-        """Enable per-subscription token buckets (size, refill/s); None disables a kind."""
+        """Enable per-subscription token buckets (size, refill/s); None disables a kind. The
+        shared (global) buckets default to SHARED_FACTOR times the principal's; a smaller one
+        stands for other principals that have spent most of it."""
+
+        def shared(own: tuple[int, float] | None) -> tuple[int, float] | None:
+            return own and (own[0] * SHARED_FACTOR, own[1] * SHARED_FACTOR)
+
         with self._lock:
-            self._limits = {"read": reads, "write": writes}
+            self._limits = {
+                "read": reads,
+                "write": writes,
+                "global-read": shared_reads or shared(reads),
+                "global-write": shared_writes or shared(writes),
+            }
             self._buckets = {}
 
     def fail(
@@ -735,6 +753,11 @@ class Emulator:
             response.headers[f"x-ms-ratelimit-remaining-subscription-{kind}s"] = str(
                 self._remaining(subscription, kind)
             )
+            with self._lock:
+                shared = self._bucket(subscription, f"global-{kind}")
+                if shared is not None:
+                    header = f"x-ms-ratelimit-remaining-subscription-global-{kind}s"
+                    response.headers[header] = str(shared.remaining())
         return response
 
     def _static(self, method: str, path: str) -> _Response:
@@ -826,15 +849,26 @@ class Emulator:
         key = (subscription.lower(), kind)
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _Bucket(*limit)
+            bucket = self._buckets[key] = _Bucket(*limit, clock=self.clock)
         return bucket
 
     def _take_token(self, subscription: str, kind: str) -> None:
+        """A token of the principal's bucket and of the shared one, or a 429 taking none."""
         with self._lock:
-            bucket = self._bucket(subscription, kind)
-            if bucket is None or bucket.take():
+            buckets = [
+                b
+                for b in (
+                    self._bucket(subscription, kind),
+                    self._bucket(subscription, f"global-{kind}"),
+                )
+                if b is not None
+            ]
+            empty = [b for b in buckets if b.remaining() < 1]
+            if not empty:
+                for bucket in buckets:
+                    bucket.take()
                 return
-            wait = bucket.retry_after()
+            wait = max(b.retry_after() for b in empty)
             self._throttled += 1
         raise ArmError(
             429,

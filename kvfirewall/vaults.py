@@ -45,6 +45,11 @@ READ_RETRY_SECONDS = 60.0
 # the refill rate: a large run then goes as fast as the quota allows, without a storm of 429s.
 REFILL_PER_SECOND = {"reads": 25.0, "writes": 10.0}
 LOW_WATER = 20
+# The shared bucket of a subscription (x-ms-ratelimit-remaining-subscription-global-*), 15 times
+# a principal's, is drained by every principal: its refill is not all ours, so its mirror is
+# refilled at no more than our own bucket's rate.
+SHARED = "global"
+MIN_RETRY_AFTER = 1.0  # a shorter Retry-After (0 included) is backed off as if absent
 PACED_REQUEST_SECONDS = 10.0  # within a budget, a quota wait leaves the request this long
 WRITE_TIMEOUT = 30  # seconds to wait for a PATCH response; the retry budget bounds the rest
 CONNECT_TIMEOUT = 10
@@ -75,8 +80,14 @@ class _Pacer:
     a caller told to wait asks again, by then with what the latest answers said.
     """
 
-    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, rate: float, clock: Callable[[], float], *, paced_until_known: bool = True
+    ) -> None:
+        """`paced_until_known`: before the first answer, go at the refill rate (a principal's
+        own bucket); else go freely until an answer tells (the shared bucket, whose header
+        Resource Manager may not send)."""
         self._rate = rate
+        self._paced_until_known = paced_until_known
         self._clock = clock
         self._lock = threading.Lock()
         self._known = False  # until the first answer that says what is left
@@ -99,12 +110,19 @@ class _Pacer:
         with self._lock:
             now = self._clock()
             self._refill(now)
+            if not (self._known or self._paced_until_known):
+                return 0.0
             short = self._reserve() + 1.0 - self._tokens
             wait = max(self._blocked_until - now, short / self._rate if short > 1e-6 else 0.0)
             if wait > 0:
                 return None if limit is not None and wait > limit else wait
             self._tokens -= 1.0
             return 0.0
+
+    def give_back(self) -> None:
+        """Return a token taken for a request that another bucket's mirror held back."""
+        with self._lock:
+            self._tokens += 1.0
 
     def observe(self, remaining: int | None, retry_after: float | None) -> None:
         """Take in what an answer said. It may be older than requests sent since, so it
@@ -149,10 +167,13 @@ class _CountingPolicy(SansIOHTTPPolicy):
         if len(parts) > 2 and parts[1].lower() == "subscriptions":
             headers = response.http_response.headers
             remaining = headers.get(f"x-ms-ratelimit-remaining-subscription-{kind}", "")
+            shared = headers.get(f"x-ms-ratelimit-remaining-subscription-{SHARED}-{kind}", "")
             retry_after = _seconds(headers.get("Retry-After")) if status == 429 else None
             self._pacer(parts[2].lower(), kind).observe(
                 int(remaining) if remaining.isdigit() else None, retry_after
             )
+            if shared.isdigit():
+                self._pacer(parts[2].lower(), f"{SHARED}-{kind}").observe(int(shared), None)
 
 
 class WriteFailed(Exception):
@@ -195,10 +216,14 @@ class Backoff:
         self.attempts = 1
 
     def wait(self, retry_after: float | None) -> bool:
-        """Sleep before the next attempt; False (and no sleep) if that would pass the budget."""
+        """Sleep before the next attempt; False (and no sleep) if that would pass the budget.
+
+        A Retry-After under a second (`0` included) is no reason to try again at once: the
+        own backoff then applies, so that such answers cannot make a vault spin."""
         delay = retry_after
-        if delay is None:
-            delay = min(10.0, 0.5 * 2 ** (self.attempts - 1)) * random.uniform(0.5, 1.0)
+        if delay is None or delay < MIN_RETRY_AFTER:
+            own = min(10.0, 0.5 * 2 ** (self.attempts - 1)) * random.uniform(0.5, 1.0)
+            delay = max(delay or 0.0, own)
         if self._clock() + delay > self._deadline:
             return False
         self._sleep(delay)
@@ -240,7 +265,10 @@ class Arm:
         with self._lock:
             key = (subscription.lower(), kind)
             if key not in self._pacers:
-                self._pacers[key] = _Pacer(REFILL_PER_SECOND[kind], self._clock)
+                own = kind.removeprefix(f"{SHARED}-")
+                self._pacers[key] = _Pacer(
+                    REFILL_PER_SECOND[own], self._clock, paced_until_known=own == kind
+                )
             return self._pacers[key]
 
     def pace_write(self, subscription: str) -> None:
@@ -249,13 +277,17 @@ class Arm:
         self._pace(subscription, "writes")
 
     def _pace(self, subscription: str, kind: str) -> None:
-        """Wait for the subscription's quota, but not into the time the request itself needs
-        (`OutOfTime` then, and no slot is taken)."""
-        pacer = self._pacer(subscription, kind)
+        """Wait for the subscription's quota, the principal's and the shared one, but not into
+        the time the request itself needs (`OutOfTime` then, and no slot is taken)."""
+        own, shared = self._pacer(subscription, kind), self._pacer(subscription, f"{SHARED}-{kind}")
         while True:
             remaining = self.remaining()
             limit = None if remaining is None else remaining - PACED_REQUEST_SECONDS
-            wait = pacer.take(limit)
+            wait = own.take(limit)
+            if wait == 0:
+                wait = shared.take(limit)
+                if wait != 0:
+                    own.give_back()
             if wait is None:
                 raise OutOfTime(
                     "the subscription's request quota does not refill within the budget"
