@@ -348,6 +348,7 @@ class Emulator:
             self.latency = 0.0
             self.write_latency = 0.0
             self.page_size = self._default_page_size
+            self.tags_page_size = 0  # service tag values per Discovery API page; 0: one page
             self.clock: Callable[[], float] = time.monotonic  # the token buckets' clock
             self.clear_log()
 
@@ -921,12 +922,32 @@ class Emulator:
                         "NotFound",
                         "Service tags are not available for this subscription and location.",
                     )
-                return 200, servicetags.api_shape(doc, m["sub"])
+                shaped = servicetags.api_shape(doc, m["sub"])
+            return 200, self._tags_page(shaped, path, query)
         raise ArmError(
             404,
             "InvalidResourceType",
             f"The resource type could not be found for the path '{path}'.",
         )
+
+    def _tags_page(self, doc: dict[str, Any], path: str, query: dict[str, str]) -> dict[str, Any]:
+        """One page of the Discovery answer: `tags_page_size` values, and a `nextLink` (with
+        a `$skipToken`) while more follow; the whole answer when no page size is set."""
+        size = self.tags_page_size
+        if not size:
+            return doc
+        token = query.get("$skipToken", "0")
+        if not token.isdigit():
+            raise bad_request(f"The skip token '{token}' is invalid.", code="InvalidSkipToken")
+        start = int(token)
+        values = doc["values"]
+        page = {**doc, "values": values[start : start + size]}
+        if start + size < len(values):
+            version = quote(query.get("api-version", ""))
+            page["nextLink"] = (
+                f"{self.url}{quote(path)}?api-version={version}&$skipToken={start + size}"
+            )
+        return page
 
     def _get_vault(self, sub: str, rg: str, name: str) -> dict[str, Any]:
         with self._lock:

@@ -33,6 +33,7 @@ from kvfirewall.plan import VaultState
 from kvfirewall.rules import VaultRef
 
 SERVICE_TAGS_API_VERSION = "2024-05-01"
+MAX_TAG_PAGES = 100  # Discovery API pages followed; the whole catalog is a few
 # Client errors worth another attempt (after a fresh read): a timeout, a conflicting write in
 # progress, throttling. Every 4xx means the write was not applied; anything else (5xx, a
 # response cut off mid-body, an unexpected status) may have been.
@@ -438,22 +439,39 @@ class Arm:
         return self._backoff(self._write_retry_seconds)
 
     def service_tags(self, location: str) -> dict:
-        """The Service Tag Discovery API document, through the first managed subscription."""
+        """The Service Tag Discovery API document, through the first managed subscription:
+        every page of it (`nextLink`), as one document, or an error. A page that fails fails
+        the whole document: a partial one would look like ranges removed."""
         from azure.core.rest import HttpRequest
 
         subscription = self.subscriptions[0]
         url = (
-            f"/subscriptions/{subscription}/providers/Microsoft.Network/locations/{location}"
-            f"/serviceTags?api-version={SERVICE_TAGS_API_VERSION}"
+            f"{self.endpoint}/subscriptions/{subscription}/providers/Microsoft.Network"
+            f"/locations/{location}/serviceTags?api-version={SERVICE_TAGS_API_VERSION}"
         )
         client = self._client(subscription)
 
-        def call(**options):
+        def call(url: str = url, **options) -> dict:
             response = client.send_request(HttpRequest("GET", url), **options)
             response.raise_for_status()
             return response.json()
 
-        return self._read(subscription, call)
+        document = self._read(subscription, call)
+        values = list(document.get("values") or [])
+        for _ in range(MAX_TAG_PAGES):
+            link = document.get("nextLink")
+            if not link:
+                return {**document, "values": values}
+            if not _same_origin(link, self.endpoint):  # the token goes only to Resource Manager
+                raise ValueError(f"serviceTags nextLink leaves {self.endpoint}: {link[:200]}")
+            document = self._read(subscription, lambda link=link, **kw: call(link, **kw))
+            values.extend(document.get("values") or [])
+        raise ValueError(f"serviceTags: more than {MAX_TAG_PAGES} pages")
+
+
+def _same_origin(url: str, base: str) -> bool:
+    a, b = urlsplit(url), urlsplit(base)
+    return (a.scheme.lower(), a.netloc.lower()) == (b.scheme.lower(), b.netloc.lower())
 
 
 def _retry_after(exc: HttpResponseError) -> float | None:
