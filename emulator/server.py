@@ -197,6 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         # The TLS handshake runs here, in the connection's own thread, so one slow client
         # cannot stall the accept loop.
+        self.server.emulator._connected()  # type: ignore[attr-defined]
         self.request.do_handshake()
 
     def handle(self) -> None:
@@ -360,6 +361,7 @@ class Emulator:
             self._reads = 0
             self._writes = 0
             self._token_requests = 0
+            self._connections = 0
             self._faults_served = 0
             self._throttled = 0
 
@@ -472,6 +474,16 @@ class Emulator:
         from the token buckets: what a reliability scenario put the client through."""
         with self._lock:
             return self._faults_served + self._throttled
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted (each a TLS handshake) since the log was cleared."""
+        with self._lock:
+            return self._connections
+
+    def _connected(self) -> None:
+        with self._lock:
+            self._connections += 1
 
     @property
     def token_requests(self) -> int:

@@ -103,10 +103,11 @@ class Service:
         thread_init: Callable[[], None] | None = None,
     ) -> Report:
 
+        arm = self.arm(budget_seconds=budget_seconds)
         return reconcile(
             self.settings,
-            store=self.store,
-            arm=self.arm(budget_seconds=budget_seconds),
+            store=self.store.within(arm.remaining),
+            arm=arm,
             write=write,
             mode=mode,
             vault=vault,
@@ -180,7 +181,7 @@ class Service:
         Read-only: nothing is stored, not even a newer snapshot."""
 
         arm = self.arm(budget_seconds=HTTP_BUDGET_SECONDS)
-        decision = resolve_ranges(self.settings, self.store, arm, save=False)
+        decision = resolve_ranges(self.settings, self.store.within(arm.remaining), arm, save=False)
         desired = desired_rules(self.settings, decision.snapshot)
 
         def prefixes(region: str) -> list[str]:

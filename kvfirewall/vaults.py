@@ -31,6 +31,9 @@ from azure.core.pipeline.policies import SansIOHTTPPolicy
 from kvfirewall.clouds import default_credential, token_scope
 from kvfirewall.plan import VaultState
 from kvfirewall.rules import VaultRef
+from kvfirewall.transport import OutOfTime, shared_transport
+
+__all__ = ["Arm", "Backoff", "CallCounts", "OutOfTime", "WriteFailed", "to_state", "token_scope"]
 
 SERVICE_TAGS_API_VERSION = "2024-05-01"
 MAX_TAG_PAGES = 100  # Discovery API pages followed; the whole catalog is a few
@@ -200,10 +203,6 @@ class WriteFailed(Exception):
         self.retry_after = retry_after
 
 
-class OutOfTime(Exception):
-    """The `Arm`'s time budget is spent: no further call is started."""
-
-
 class Backoff:
     """Waits between attempts: Retry-After when given, else jittered exponential backoff,
     and never past the budget."""
@@ -310,8 +309,7 @@ class Arm:
                     credential_scopes=[token_scope(self.endpoint)],
                     per_retry_policies=[_CountingPolicy(self.counts, self._lock, self._pacer)],
                     user_agent=USER_AGENT,
-                    connection_timeout=CONNECT_TIMEOUT,
-                    read_timeout=READ_TIMEOUT,
+                    transport=shared_transport(),
                 )
                 self._clients[subscription] = client
             return client
