@@ -39,12 +39,15 @@ import trustme
 from . import servicetags, vaults
 from .errors import ArmError, bad_request
 
-__all__ = ["READ_BUCKET", "WRITE_BUCKET", "Emulator", "Recorded"]
+__all__ = ["READ_BUCKET", "SHARED_FACTOR", "WRITE_BUCKET", "Emulator", "Recorded"]
 
 _UNTHROTTLED_REMAINING = 11999
 # Resource Manager's token buckets per subscription and principal: (size, refilled per second).
 READ_BUCKET = (250, 25.0)
 WRITE_BUCKET = (200, 10.0)
+# Every principal of a subscription also draws on a shared bucket 15 times as large, reported
+# in x-ms-ratelimit-remaining-subscription-global-reads|writes.
+SHARED_FACTOR = 15
 _TOKEN_LIFETIME = 24 * 3600
 _KEY_VAULT_CONTRIBUTOR = "f25e0fa2-a7c8-4377-a976-54943a77a395"
 
@@ -194,6 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         # The TLS handshake runs here, in the connection's own thread, so one slow client
         # cannot stall the accept loop.
+        self.server.emulator._connected()  # type: ignore[attr-defined]
         self.request.do_handshake()
 
     def handle(self) -> None:
@@ -338,13 +342,15 @@ class Emulator:
             self._resets: list[_Fault] = []
             self._stalls: list[_Fault] = []
             self._intercepts: list[_Intercept] = []
-            self._limits: dict[str, tuple[int, float] | None] = {"read": None, "write": None}
+            self._limits: dict[str, tuple[int, float] | None] = {}
             self._buckets: dict[tuple[str, str], _Bucket] = {}
             self._busy: set[tuple[str, str, str]] = set()
             self._generation += 1
             self.latency = 0.0
             self.write_latency = 0.0
             self.page_size = self._default_page_size
+            self.tags_page_size = 0  # service tag values per Discovery API page; 0: one page
+            self.clock: Callable[[], float] = time.monotonic  # the token buckets' clock
             self.clear_log()
 
     def clear_log(self) -> None:
@@ -355,6 +361,7 @@ class Emulator:
             self._reads = 0
             self._writes = 0
             self._token_requests = 0
+            self._connections = 0
             self._faults_served = 0
             self._throttled = 0
 
@@ -469,6 +476,16 @@ class Emulator:
             return self._faults_served + self._throttled
 
     @property
+    def connections(self) -> int:
+        """TCP connections accepted (each a TLS handshake) since the log was cleared."""
+        with self._lock:
+            return self._connections
+
+    def _connected(self) -> None:
+        with self._lock:
+            self._connections += 1
+
+    @property
     def token_requests(self) -> int:
         """Calls to the managed-identity endpoint, to check that clients cache tokens."""
         with self._lock:
@@ -480,10 +497,24 @@ class Emulator:
         self,
         reads: tuple[int, float] | None = READ_BUCKET,
         writes: tuple[int, float] | None = WRITE_BUCKET,
+        *,
+        shared_reads: tuple[int, float] | None = None,
+        shared_writes: tuple[int, float] | None = None,
     ) -> None:
-        """Enable per-subscription token buckets (size, refill/s); None disables a kind."""
+        """Enable per-subscription token buckets (size, refill/s); None disables a kind. The
+        shared (global) buckets default to SHARED_FACTOR times the principal's; a smaller one
+        stands for other principals that have spent most of it."""
+
+        def shared(own: tuple[int, float] | None) -> tuple[int, float] | None:
+            return own and (own[0] * SHARED_FACTOR, own[1] * SHARED_FACTOR)
+
         with self._lock:
-            self._limits = {"read": reads, "write": writes}
+            self._limits = {
+                "read": reads,
+                "write": writes,
+                "global-read": shared_reads or shared(reads),
+                "global-write": shared_writes or shared(writes),
+            }
             self._buckets = {}
 
     def fail(
@@ -735,6 +766,11 @@ class Emulator:
             response.headers[f"x-ms-ratelimit-remaining-subscription-{kind}s"] = str(
                 self._remaining(subscription, kind)
             )
+            with self._lock:
+                shared = self._bucket(subscription, f"global-{kind}")
+                if shared is not None:
+                    header = f"x-ms-ratelimit-remaining-subscription-global-{kind}s"
+                    response.headers[header] = str(shared.remaining())
         return response
 
     def _static(self, method: str, path: str) -> _Response:
@@ -826,15 +862,26 @@ class Emulator:
         key = (subscription.lower(), kind)
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _Bucket(*limit)
+            bucket = self._buckets[key] = _Bucket(*limit, clock=self.clock)
         return bucket
 
     def _take_token(self, subscription: str, kind: str) -> None:
+        """A token of the principal's bucket and of the shared one, or a 429 taking none."""
         with self._lock:
-            bucket = self._bucket(subscription, kind)
-            if bucket is None or bucket.take():
+            buckets = [
+                b
+                for b in (
+                    self._bucket(subscription, kind),
+                    self._bucket(subscription, f"global-{kind}"),
+                )
+                if b is not None
+            ]
+            empty = [b for b in buckets if b.remaining() < 1]
+            if not empty:
+                for bucket in buckets:
+                    bucket.take()
                 return
-            wait = bucket.retry_after()
+            wait = max(b.retry_after() for b in empty)
             self._throttled += 1
         raise ArmError(
             429,
@@ -887,12 +934,32 @@ class Emulator:
                         "NotFound",
                         "Service tags are not available for this subscription and location.",
                     )
-                return 200, servicetags.api_shape(doc, m["sub"])
+                shaped = servicetags.api_shape(doc, m["sub"])
+            return 200, self._tags_page(shaped, path, query)
         raise ArmError(
             404,
             "InvalidResourceType",
             f"The resource type could not be found for the path '{path}'.",
         )
+
+    def _tags_page(self, doc: dict[str, Any], path: str, query: dict[str, str]) -> dict[str, Any]:
+        """One page of the Discovery answer: `tags_page_size` values, and a `nextLink` (with
+        a `$skipToken`) while more follow; the whole answer when no page size is set."""
+        size = self.tags_page_size
+        if not size:
+            return doc
+        token = query.get("$skipToken", "0")
+        if not token.isdigit():
+            raise bad_request(f"The skip token '{token}' is invalid.", code="InvalidSkipToken")
+        start = int(token)
+        values = doc["values"]
+        page = {**doc, "values": values[start : start + size]}
+        if start + size < len(values):
+            version = quote(query.get("api-version", ""))
+            page["nextLink"] = (
+                f"{self.url}{quote(path)}?api-version={version}&$skipToken={start + size}"
+            )
+        return page
 
     def _get_vault(self, sub: str, rg: str, name: str) -> dict[str, Any]:
         with self._lock:

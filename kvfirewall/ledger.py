@@ -11,6 +11,8 @@ Two backends behind one small interface: a local directory (CLI, tests) and Azur
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import hashlib
 import json
 import os
@@ -24,8 +26,10 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Protocol
 
+from kvfirewall.clouds import PUBLIC, default_credential
 from kvfirewall.ranges import Snapshot
 from kvfirewall.settings import StateLocation
+from kvfirewall.transport import DEADLINE_OPTION, Remaining, RequestTimeouts, shared_transport
 
 TABLE_NAME = "kvfirewallledger"
 LEASE_SECONDS = 60  # a Blob lease's longest fixed term; kept renewed while held
@@ -34,11 +38,12 @@ CONTAINER_NAME = "kvfirewall"
 SNAPSHOT_BLOB = "ranges/last-good.json"
 # Storage that is down or hangs should fail a run in seconds, not after the SDKs' minutes of
 # backoff and 60-300 s read timeouts: the next run (or Event Grid's redelivery, which waits only
-# 30 s for an answer) is the better retry. Entries and the snapshot are a few kB.
-TABLE_OPTIONS = {"retry_total": 1, "retry_backoff_factor": 0.5,
-                 "connection_timeout": 5, "read_timeout": 8}  # fmt: skip
+# 30 s for an answer) is the better retry. Entries and the snapshot are a few kB. The timeouts
+# are set per request (the transport is the process's, shared), cut to the run's budget.
+TABLE_OPTIONS = {"retry_total": 1, "retry_backoff_factor": 0.5}
 BLOB_OPTIONS = {"retry_total": 1, "initial_backoff": 1, "increment_base": 2,
-                "random_jitter_range": 1, "connection_timeout": 5, "read_timeout": 8}  # fmt: skip
+                "random_jitter_range": 1}  # fmt: skip
+STORAGE_TIMEOUTS = {"connect": 5.0, "read": 8.0}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,16 +115,21 @@ class StateStore(Protocol):
 
     def describe(self) -> str: ...
 
+    def within(self, remaining: Remaining) -> StateStore:
+        """The store for one run, whose calls end within `remaining()` seconds."""
+        ...
+
     def lease(
         self, vault_key: str, *, wait_seconds: float
     ) -> contextlib.AbstractContextManager[Lease]: ...
 
 
-def open_store(location: StateLocation) -> StateStore:
-    """The store for a validated `StateLocation`."""
+def open_store(location: StateLocation, *, arm_endpoint: str = PUBLIC.arm_endpoint) -> StateStore:
+    """The store for a validated `StateLocation`; identity-based storage signs in at the
+    cloud of `arm_endpoint`."""
     if location.kind == "local":
         return LocalStore(Path(location.value))
-    return AzureStore(location)
+    return AzureStore(location, arm_endpoint=arm_endpoint)
 
 
 def _row_key(vault_key: str) -> str:
@@ -188,6 +198,10 @@ class LocalStore:
     def describe(self) -> str:
         return f"directory {self.root}"
 
+    def within(self, remaining: Remaining) -> LocalStore:
+        """The same store: a local file is not a call worth cutting short."""
+        return self
+
     def _entry_path(self, vault_key: str) -> Path:
         return self.root / "ledger" / f"{_row_key(vault_key)}.json"
 
@@ -249,6 +263,25 @@ def _atomic_write(path: Path, data: dict) -> None:
         raise
 
 
+class _Bounded:
+    """A storage client whose calls carry their run's remaining time (`RequestTimeouts` reads
+    it); the blob clients it hands out do too. Leases taken through it are not bound: their
+    renewal and release outlive the call that took them."""
+
+    def __init__(self, client, remaining: Remaining) -> None:
+        self._client = client
+        self._remaining = remaining
+
+    def get_blob_client(self, *args, **kwargs) -> _Bounded:
+        return _Bounded(self._client.get_blob_client(*args, **kwargs), self._remaining)
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+        return functools.partial(attribute, **{DEADLINE_OPTION: self._remaining})
+
+
 class AzureStore:
     """Azure Storage: Table `kvfirewallledger` (PartitionKey = subscription) and a Blob."""
 
@@ -258,28 +291,41 @@ class AzureStore:
         *,
         table: str = TABLE_NAME,
         container: str = CONTAINER_NAME,
+        arm_endpoint: str = PUBLIC.arm_endpoint,
     ) -> None:
         from azure.data.tables import TableServiceClient
         from azure.storage.blob import BlobServiceClient
 
         self._location = location
+        shared = {
+            "transport": shared_transport(),
+            "raw_request_hook": RequestTimeouts(**STORAGE_TIMEOUTS),
+        }
         if location.kind == "identity":
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential(
-                managed_identity_client_id=location.client_id or None
-            )
+            credential = default_credential(arm_endpoint, client_id=location.client_id)
             tables = TableServiceClient(
-                endpoint=location.table_url, credential=credential, **TABLE_OPTIONS
+                endpoint=location.table_url, credential=credential, **TABLE_OPTIONS, **shared
             )
             blobs = BlobServiceClient(
-                account_url=location.value, credential=credential, **BLOB_OPTIONS
+                account_url=location.value, credential=credential, **BLOB_OPTIONS, **shared
             )
         else:
-            tables = TableServiceClient.from_connection_string(location.value, **TABLE_OPTIONS)
-            blobs = BlobServiceClient.from_connection_string(location.value, **BLOB_OPTIONS)
+            tables = TableServiceClient.from_connection_string(
+                location.value, **TABLE_OPTIONS, **shared
+            )
+            blobs = BlobServiceClient.from_connection_string(
+                location.value, **BLOB_OPTIONS, **shared
+            )
         self._table = tables.get_table_client(table)
         self._container = blobs.get_container_client(container)
+
+    def within(self, remaining: Remaining) -> AzureStore:
+        """This store for one run: every storage call of it is cut to `remaining()`, the
+        seconds the run has left (its timeouts), and none starts once that is spent."""
+        bound = copy.copy(self)
+        bound._table = _Bounded(self._table, remaining)
+        bound._container = _Bounded(self._container, remaining)
+        return bound
 
     def describe(self) -> str:
         return self._location.describe()

@@ -720,3 +720,28 @@ def test_audit_mode_makes_no_write_from_any_trigger(emulator, estate, monkeypatc
     status, report = http("POST", "reconcile")
     assert status == 200 and report["mode"] == "audit" and report["counts"]["planned"] == 3
     assert emulator.writes == 0
+
+
+def test_a_warm_instance_reuses_its_connections_across_200_events(emulator, estate):
+    """200 deliveries in one process open a handful of Resource Manager connections, not one
+    (TLS handshake and all) per event."""
+    deliver(write_event(estate["bare"]))  # the first fixes the vault; the rest find it so
+    emulator.clear_log()
+    for _ in range(200):
+        deliver(write_event(estate["bare"]))
+    assert emulator.reads == 200 and emulator.writes == 0
+    assert emulator.connections <= 4
+
+
+def test_a_run_with_all_its_workers_busy_keeps_to_one_connection_each(emulator, app_env):
+    """32 workers at once need up to 32 connections (and the listers theirs); a pool smaller
+    than that would open and discard a new one for request after request."""
+    from kvfirewall.reconcile import LISTERS, WORKERS
+
+    for index in range(150):
+        emulator.add_vault(SUB_A, "apps", f"kv-{index:03}", tags=TAG)
+    emulator.latency = 0.01  # requests overlap, as at Resource Manager's latency
+    emulator.clear_log()
+    run_timer()
+    assert emulator.writes == 150
+    assert emulator.connections <= WORKERS + LISTERS + 4

@@ -102,3 +102,36 @@ def test_a_blob_lease_outlives_its_term_while_held(azurite, monkeypatch):
         lease.hold()
         with pytest.raises(LeaseBusy), other.lease(VAULT, wait_seconds=0):
             pass
+
+
+def test_storage_calls_end_within_the_runs_budget(azurite):
+    """Storage that hangs is cut at the run's deadline (not after its own 8 s read timeout
+    and a retry), and no call starts once the budget is spent."""
+    import socket
+    import time
+
+    from kvfirewall.transport import OutOfTime
+
+    hung = socket.socket()  # accepts connections (the kernel does) and never answers
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    port = hung.getsockname()[1]
+    key = azurite.split("AccountKey=")[1].split(";")[0]
+    location = StateLocation(
+        kind="connection-string",
+        value=f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={key};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+        f"TableEndpoint=http://127.0.0.1:{port}/devstoreaccount1;",
+    )
+    try:
+        store = AzureStore(location)
+        deadline = time.monotonic() + 0.5
+        with pytest.raises(OutOfTime):
+            store.within(lambda: deadline - time.monotonic()).read_entry(VAULT)
+        with pytest.raises(OutOfTime):
+            store.within(lambda: 0.0).read_snapshot()
+    finally:
+        hung.close()
+    spent = AzureStore(StateLocation(kind="connection-string", value=azurite)).within(lambda: 0.0)
+    with pytest.raises(OutOfTime):
+        spent.write_entry(VAULT, ENTRY)
