@@ -40,8 +40,8 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KVF_ADO_REGIONS": ("extra regions whose AzureDevOps.<Region> ranges are allowed", ""),
     "KVF_IP_SOURCE": ("api, builtin, or an https URL / file path of a ServiceTags JSON", "api"),
     "KVF_SERVICE_TAG_LOCATION": (
-        "Service Tag Discovery API location (by default one in KVF_ARM_ENDPOINT's cloud)",
-        "westus",
+        "Service Tag Discovery API location (empty: one in KVF_ARM_ENDPOINT's cloud)",
+        "",
     ),
     "KVF_AGENT_SUBNETS": ("comma-separated subnet resource ids of self-hosted agents", ""),
     "KVF_EXTRA_IP_RULES": ("comma-separated public IPv4 addresses/CIDRs always allowed", ""),
