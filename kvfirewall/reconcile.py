@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from queue import Empty, Full, Queue
 
+from kvfirewall.errors import one_line
 from kvfirewall.ledger import Lease, LeaseBusy, LedgerEntry, StateStore
 from kvfirewall.plan import Plan, VaultState, ip_values, plan_vault, subnet_values
 from kvfirewall.ranges import (
@@ -254,13 +255,13 @@ def _listed(
                 )
             )
         except Exception as exc:  # one subscription's failure must not stop the others
-            put(f"listing subscription {subscription} failed: {_safe(exc)}")
+            put(f"listing subscription {subscription} failed: {one_line(exc)}")
             put(
                 VaultResult(
                     id=f"/subscriptions/{subscription}",
                     outcome="failed",
                     reason="could not list vaults",
-                    error=_safe(exc),
+                    error=one_line(exc),
                     retryable=True,
                 )
             )
@@ -630,14 +631,8 @@ def _result(
     )
 
 
-def _safe(exc: Exception) -> str:
-    """An error message fit for a report: first line only, bounded, no tracebacks."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:500]
-
-
 def _failed(vault_id: str, exc: Exception) -> VaultResult:
     """An unexpected error (a read or the ledger failed): worth another try later."""
     return VaultResult(
-        id=vault_id, outcome="failed", reason="error", error=_safe(exc), retryable=True
+        id=vault_id, outcome="failed", reason="error", error=one_line(exc), retryable=True
     )

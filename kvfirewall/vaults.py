@@ -28,6 +28,7 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
+from kvfirewall.errors import one_line
 from kvfirewall.plan import VaultState
 from kvfirewall.rules import VaultRef
 
@@ -453,11 +454,10 @@ def _seconds(value: str | None) -> float | None:
 def _describe(exc: Exception) -> str:
     """The ARM error code and message, without request ids or headers."""
     if not isinstance(exc, HttpResponseError):
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        return f"{type(exc).__name__}: {first}"[:500]
+        return one_line(exc)
     error = getattr(exc, "error", None)
     code = getattr(error, "code", None) or exc.reason or "Error"
-    message = getattr(error, "message", None) or str(exc).splitlines()[0]
+    message = getattr(error, "message", None) or one_line(exc)
     return f"HTTP {exc.status_code} {code}: {message}"[:500]
 
 
