@@ -690,7 +690,8 @@ def test_listing_stops_when_the_http_budget_runs_out(emulator, estate, monkeypat
         emulator.add_vault(SUB_A, "many", f"kv-many-{n:02}", tags=TAG)
     emulator.page_size = 1
     emulator.latency = 0.3
-    monkeypatch.setattr("kvfirewall.reconcile.VAULT_RESERVE_SECONDS", 2.0)
+    monkeypatch.setattr("kvfirewall.reconcile.VAULT_RESERVE_SECONDS", 2.0)  # listing
+    monkeypatch.setattr("kvfirewall.writer.VAULT_RESERVE_SECONDS", 2.0)  # starting a vault
     monkeypatch.setattr(service_module, "HTTP_BUDGET_SECONDS", 4.0)
     started = time.monotonic()
     status, report = http("GET", "plan")
