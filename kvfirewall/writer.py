@@ -27,7 +27,7 @@ from kvfirewall.ranges import Desired
 from kvfirewall.report import VaultResult
 from kvfirewall.rules import VaultRef, current_ip_network, parse_vault_id, subnet_key
 from kvfirewall.settings import Settings
-from kvfirewall.vaults import Arm, OutOfTime, WriteFailed
+from kvfirewall.vaults import Arm, Backoff, OutOfTime, WriteFailed
 
 log = logging.getLogger("kvfirewall")
 # With a time budget (an HTTP request must answer within 230 s), no vault is started with less
@@ -40,6 +40,16 @@ LEASE_WAIT_SECONDS = 30.0
 READ_SECONDS = 3.0  # kept, within a budget, for the fresh read after waiting for a lease
 _LOG_LEVELS = {"updated": logging.INFO, "planned": logging.INFO, "failed": logging.WARNING}
 NOT_REACHED = "not reached: the run's time budget ran out; the next run covers it"
+
+
+@dataclasses.dataclass
+class _Attempt:
+    """What one vault's write knows across its attempts."""
+
+    entry: LedgerEntry  # ownership as it stands against the last read
+    stored: LedgerEntry  # what the ledger holds now
+    landed: Plan | None = None  # the last write that landed, or may have without an answer
+    put_back: list[str] = dataclasses.field(default_factory=list)  # undone by a stale write
 
 
 class VaultWorker:
@@ -147,101 +157,152 @@ class VaultWorker:
         intent, PATCH once, confirm, then read once more to check that no concurrent writer
         (one that read the vault before this write and wrote after it) undid it."""
         stored = self.store.read_entry(ref.key)  # the previous holder may have changed it
-        entry = stored
+        attempt = _Attempt(entry=stored, stored=stored)
         backoff = self.arm.write_backoff()
-        landed: Plan | None = None  # the last write that landed, or may have without an answer
-        put_back: list[str] = []  # rules a concurrent write brought back or took away
         while True:
-            # Wait for the subscription's write quota first, so that the read below is as
-            # fresh as it can be when the PATCH leaves.
-            self.arm.pace_write(ref.subscription)
-            state = self.arm.get_vault(ref)
-            if state is None:
-                return self._gone(ref, "vault deleted meanwhile")
-            if not self.in_scope(state):
-                return VaultResult(id=state.id, outcome="skipped", reason="left scope meanwhile")
-            entry = _settled(entry, state)
-            plan = self._plan(state, entry)
-            if plan.action != "write":
-                result = self._settle(plan, entry, ref, stored, lease)
-                if landed is not None and result.outcome == "unchanged":
-                    return _result(landed, "updated", put_back=put_back)  # it had landed
+            result = self._attempt(ref, lease, attempt, backoff)
+            if result is not None:
                 return result
-            remaining = self.arm.remaining()
-            if remaining is not None and remaining < MIN_WRITE_SECONDS:
-                # A PATCH that times out on our side may still land; don't start one late.
-                return _result(
-                    plan,
-                    "failed",
-                    error="time budget spent before the write; the next run or delivery does it",
-                    retryable=True,
-                )
-            pending = dataclasses.replace(
-                entry,
-                pending_ip_rules=entry.pending_ip_rules | plan.owned.ip_rules,
-                pending_subnets=entry.pending_subnets | plan.owned.subnets,
+
+    def _attempt(
+        self, ref: VaultRef, lease: Lease, attempt: _Attempt, backoff: Backoff
+    ) -> VaultResult | None:
+        """One pass of the protocol from a fresh read: the result, or None to go again."""
+        # Wait for the subscription's write quota first, so that the read below is as
+        # fresh as it can be when the PATCH leaves.
+        self.arm.pace_write(ref.subscription)
+        state = self.arm.get_vault(ref)
+        if state is None:
+            return self._gone(ref, "vault deleted meanwhile")
+        if not self.in_scope(state):
+            return VaultResult(id=state.id, outcome="skipped", reason="left scope meanwhile")
+        attempt.entry = _settled(attempt.entry, state)
+        plan = self._plan(state, attempt.entry)
+        if plan.action != "write":
+            result = self._settle(plan, attempt.entry, ref, attempt.stored, lease)
+            if attempt.landed is not None and result.outcome == "unchanged":  # it had landed
+                return _result(attempt.landed, "updated", put_back=attempt.put_back)
+            return result
+        remaining = self.arm.remaining()
+        if remaining is not None and remaining < MIN_WRITE_SECONDS:
+            # A PATCH that times out on our side may still land; don't start one late.
+            return _result(
+                plan,
+                "failed",
+                error="time budget spent before the write; the next run or delivery does it",
+                retryable=True,
             )
-            lease.hold()
-            self.store.write_entry(ref.key, pending)
-            stored = pending
-            lease.hold()
-            try:
-                after = self.arm.update_network_acls(
-                    ref, plan.network_acls, public_network_access=plan.public_network_access
-                )
-            except WriteFailed as exc:
-                if exc.status == 404:
-                    return self._gone(ref, "vault deleted meanwhile")
-                if exc.maybe_applied:
-                    entry, landed = pending, plan  # the next read tells what landed
-                else:
-                    lease.hold()
-                    self.store.write_entry(ref.key, entry)  # surely not applied: claim nothing
-                    stored = entry
-                if exc.retryable and backoff.wait(exc.retry_after):
-                    continue
-                tries = f" (gave up after {backoff.attempts} attempts)" if exc.retryable else ""
-                return _result(plan, "failed", error=f"{exc}{tries}", retryable=exc.retryable)
-            # Rules just removed stay claimed (pending) until a read shows them gone: a stale
-            # write may bring them back, and then they must still be known as ours.
-            removed_nets, removed_subnets = _removed(plan)
-            entry = stored = dataclasses.replace(
-                _confirmed(pending, after),
-                pending_ip_rules=removed_nets,
-                pending_subnets=removed_subnets,
+        pending = self._record_pending(ref, lease, attempt, plan)
+        try:
+            after = self.arm.update_network_acls(
+                ref, plan.network_acls, public_network_access=plan.public_network_access
             )
+        except WriteFailed as exc:
+            return self._write_failed(exc, ref, lease, attempt, plan, pending, backoff)
+        removed = self._confirm(ref, lease, attempt, plan, pending, after)
+        missing = _missing(plan, after)
+        if missing:
+            return _result(plan, "failed", error=f"write not reflected: {missing}", retryable=True)
+        return self._verify(ref, lease, attempt, plan, removed, backoff)
+
+    def _record_pending(
+        self, ref: VaultRef, lease: Lease, attempt: _Attempt, plan: Plan
+    ) -> LedgerEntry:
+        """Step 4: the rules about to be added, claimed as pending before the PATCH."""
+        entry = attempt.entry
+        pending = dataclasses.replace(
+            entry,
+            pending_ip_rules=entry.pending_ip_rules | plan.owned.ip_rules,
+            pending_subnets=entry.pending_subnets | plan.owned.subnets,
+        )
+        lease.hold()
+        self.store.write_entry(ref.key, pending)
+        attempt.stored = pending
+        return pending
+
+    def _write_failed(
+        self,
+        exc: WriteFailed,
+        ref: VaultRef,
+        lease: Lease,
+        attempt: _Attempt,
+        plan: Plan,
+        pending: LedgerEntry,
+        backoff: Backoff,
+    ) -> VaultResult | None:
+        """A PATCH that failed: keep the pending claim if it may have landed, take it back if
+        it surely did not; None to go again from a fresh read."""
+        if exc.status == 404:
+            return self._gone(ref, "vault deleted meanwhile")
+        if exc.maybe_applied:
+            attempt.entry, attempt.landed = pending, plan  # the next read tells what landed
+        else:
             lease.hold()
-            self.store.write_entry(ref.key, entry)
-            landed = plan
-            missing = _missing(plan, after)
-            if missing:
-                return _result(
-                    plan, "failed", error=f"write not reflected: {missing}", retryable=True
-                )
-            try:
-                check = self.arm.get_vault(ref)
-            except OutOfTime:  # the write is done and its answer showed it: don't fail it
-                return _result(plan, "updated", put_back=put_back)
-            if check is None:
-                return self._gone(ref, "vault deleted meanwhile")
-            undone = _missing(plan, check, ours_only=True)
-            undone += _held(check, removed_nets, removed_subnets)  # brought back
-            if not undone:
-                if removed_nets or removed_subnets:  # gone for good: claimed no more
-                    lease.hold()
-                    self.store.write_entry(ref.key, _settled(entry, check))
-                return _result(plan, "updated", put_back=put_back)
-            # Someone wrote a stale copy over ours: plan again on what is there now (their
-            # changes stay theirs) and write ours again.
-            put_back.extend(r for r in undone if r not in put_back)
-            log.warning("kvfirewall: a concurrent write undid %s on %s", undone, ref.id)
-            if not backoff.wait(None):
-                return _result(
-                    plan,
-                    "failed",
-                    error=f"a concurrent write undid {undone} again; the next run restores it",
-                    retryable=True,
-                )
+            self.store.write_entry(ref.key, attempt.entry)  # surely not applied: claim nothing
+            attempt.stored = attempt.entry
+        if exc.retryable and backoff.wait(exc.retry_after):
+            return None
+        tries = f" (gave up after {backoff.attempts} attempts)" if exc.retryable else ""
+        return _result(plan, "failed", error=f"{exc}{tries}", retryable=exc.retryable)
+
+    def _confirm(
+        self,
+        ref: VaultRef,
+        lease: Lease,
+        attempt: _Attempt,
+        plan: Plan,
+        pending: LedgerEntry,
+        after: VaultState,
+    ) -> tuple[frozenset, frozenset[str]]:
+        """Step 6: own what the answer shows; returns the networks and subnets just removed."""
+        # Rules just removed stay claimed (pending) until a read shows them gone: a stale
+        # write may bring them back, and then they must still be known as ours.
+        removed_nets, removed_subnets = _removed(plan)
+        attempt.entry = attempt.stored = dataclasses.replace(
+            _confirmed(pending, after),
+            pending_ip_rules=removed_nets,
+            pending_subnets=removed_subnets,
+        )
+        lease.hold()
+        self.store.write_entry(ref.key, attempt.entry)
+        attempt.landed = plan
+        return removed_nets, removed_subnets
+
+    def _verify(
+        self,
+        ref: VaultRef,
+        lease: Lease,
+        attempt: _Attempt,
+        plan: Plan,
+        removed: tuple[frozenset, frozenset[str]],
+        backoff: Backoff,
+    ) -> VaultResult | None:
+        """Step 7: read once more; None to write again what a stale concurrent write undid."""
+        try:
+            check = self.arm.get_vault(ref)
+        except OutOfTime:  # the write is done and its answer showed it: don't fail it
+            return _result(plan, "updated", put_back=attempt.put_back)
+        if check is None:
+            return self._gone(ref, "vault deleted meanwhile")
+        undone = _missing(plan, check, ours_only=True)
+        undone += _held(check, *removed)  # brought back
+        if not undone:
+            if any(removed):  # gone for good: claimed no more
+                lease.hold()
+                self.store.write_entry(ref.key, _settled(attempt.entry, check))
+            return _result(plan, "updated", put_back=attempt.put_back)
+        # Someone wrote a stale copy over ours: plan again on what is there now (their
+        # changes stay theirs) and write ours again.
+        attempt.put_back.extend(r for r in undone if r not in attempt.put_back)
+        log.warning("kvfirewall: a concurrent write undid %s on %s", undone, ref.id)
+        if backoff.wait(None):
+            return None
+        return _result(
+            plan,
+            "failed",
+            error=f"a concurrent write undid {undone} again; the next run restores it",
+            retryable=True,
+        )
 
     def _settle(
         self,
