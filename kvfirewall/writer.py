@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
 
 from kvfirewall.errors import one_line
 from kvfirewall.ledger import Lease, LeaseBusy, LedgerEntry, StateStore
@@ -340,7 +341,7 @@ def _settled(entry: LedgerEntry, state: VaultState) -> LedgerEntry:
     forgotten. Pending rules are resolved: those present were written by kvfirewall and are
     owned; those absent never landed and are claimed no more.
     """
-    if entry.generation and state.created_at and entry.generation != state.created_at:
+    if not same_instant(entry.generation, state.created_at):
         entry = LedgerEntry()
     nets, subnets = _present(state.network_acls)
     return LedgerEntry(
@@ -348,6 +349,23 @@ def _settled(entry: LedgerEntry, state: VaultState) -> LedgerEntry:
         subnets=entry.subnets | (entry.pending_subnets & subnets),
         generation=state.created_at or entry.generation,
     )
+
+
+def same_instant(recorded: str, created_at: str | None) -> bool:
+    """Whether a recorded `systemData.createdAt` is the vault's own (True when either is
+    unknown). Compared as instants: Resource Manager writes one time with 7 fractional digits
+    or none, `Z` or `+00:00`, depending on the API version and the path that answers."""
+    if not recorded or not created_at:
+        return True
+    try:
+        return _instant(recorded) == _instant(created_at)
+    except ValueError:  # not ISO 8601: only the same text is the same vault
+        return recorded == created_at
+
+
+def _instant(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _present(acls: Mapping | None) -> tuple[set, set[str]]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import threading
 import time
+from datetime import datetime
 from ipaddress import IPv4Network, ip_network
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from kvfirewall.reconcile import reconcile
 from kvfirewall.rules import parse_vault_id
 from kvfirewall.settings import Settings
 from kvfirewall.vaults import Arm, WriteFailed
+from kvfirewall.writer import same_instant
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OCTOBER = json.loads((FIXTURES / "ServiceTags_Public_20251028.AzureDevOps-only.json").read_text())
@@ -764,3 +767,26 @@ def test_listing_stops_when_the_run_stops(emulator, run, tmp_path):
     time.sleep(1.0)  # a lister would go on paging in the background
     pages = sum(r.path.endswith("/vaults") for r in emulator.requests)
     assert pages <= ahead // emulator.page_size + engine.LISTERS + 2 < 2 * ahead // 4
+
+
+def test_creation_times_are_compared_as_instants():
+    assert same_instant("2025-01-01T00:00:00Z", "2025-01-01T00:00:00.0000000+00:00")
+    assert same_instant("2025-01-01T01:00:00+01:00", "2025-01-01T00:00:00Z")
+    assert not same_instant("2025-01-01T00:00:00Z", "2025-01-01T00:00:01Z")
+    assert not same_instant("yesterday", "today") and same_instant("today", "today")
+
+
+def test_a_creation_time_written_with_another_precision_is_still_the_same_vault(
+    emulator, estate, run, tmp_path
+):
+    """Ownership survives Resource Manager writing the vault's createdAt another way."""
+    run(vault=estate["bare"])
+    store = LocalStore(tmp_path / "state")
+    key = estate["bare"].lower()
+    created = emulator.vault(estate["bare"])["systemData"]["createdAt"]  # 7 digits and Z
+    same = datetime.fromisoformat(created).isoformat()  # 6 digits and +00:00
+    assert same != created
+    store.write_entry(key, dataclasses.replace(store.read_entry(key), generation=same))
+    emulator.set_service_tags(weu_moved())
+    run(vault=estate["bare"])
+    assert WEU not in nets(emulator, estate["bare"])  # still known as kvfirewall's
