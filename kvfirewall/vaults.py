@@ -28,7 +28,7 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
-from kvfirewall.errors import one_line
+from kvfirewall.errors import is_transient, one_line
 from kvfirewall.plan import VaultState
 from kvfirewall.rules import VaultRef
 
@@ -39,10 +39,6 @@ KNOWN_SCOPES = {
     "https://management.chinacloudapi.cn": "https://management.chinacloudapi.cn/.default",
 }
 SERVICE_TAGS_API_VERSION = "2024-05-01"
-# Client errors worth another attempt (after a fresh read): a timeout, a conflicting write in
-# progress, throttling. Every 4xx means the write was not applied; anything else (5xx, a
-# response cut off mid-body, an unexpected status) may have been.
-RETRYABLE_CLIENT_STATUS = frozenset({408, 409, 429})
 RETRYABLE_READ_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 READ_RETRY_SECONDS = 60.0
 # Resource Manager's token buckets, per subscription and principal: what each refills per
@@ -397,11 +393,12 @@ class Arm:
                 read_timeout=self._timeout(WRITE_TIMEOUT),
             )
         except HttpResponseError as exc:
-            status = exc.status_code or 0
-            client_error = 400 <= status < 500
+            # Every 4xx means the write was not applied; anything else (5xx, a response cut
+            # off mid-body, an unexpected status) may have been.
+            client_error = 400 <= (exc.status_code or 0) < 500
             raise WriteFailed(
                 _describe(exc),
-                retryable=status in RETRYABLE_CLIENT_STATUS or not client_error,
+                retryable=is_transient(exc),  # after a fresh read
                 maybe_applied=not client_error,
                 retry_after=_retry_after(exc),
                 status=exc.status_code,

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 
-from kvfirewall.errors import one_line
+from kvfirewall.errors import is_transient, one_line
 from kvfirewall.ledger import Lease, LeaseBusy, LedgerEntry, StateStore
 from kvfirewall.plan import Plan, VaultState, ip_values, plan_vault, subnet_values
 from kvfirewall.ranges import Desired
@@ -465,7 +465,11 @@ def _result(
 
 
 def _failed(vault_id: str, exc: Exception) -> VaultResult:
-    """An unexpected error (a read or the ledger failed): worth another try later."""
+    """An unexpected error (a read or the ledger failed): `retryable` if time may fix it."""
     return VaultResult(
-        id=vault_id, outcome="failed", reason="error", error=one_line(exc), retryable=True
+        id=vault_id,
+        outcome="failed",
+        reason="error",
+        error=one_line(exc),
+        retryable=is_transient(exc),
     )
