@@ -52,6 +52,11 @@ class LedgerEntry:
     # The vault's creation time (systemData.createdAt): a vault deleted and created again under
     # the same id is another vault, and must not inherit this one's ownership.
     generation: str = ""
+    location: str = ""  # the vault's region: where its deleted vault is looked for
+    # A vault that answered 404 is kept, marked, while Key Vault can still recover it with its
+    # rules (soft-delete); these are when it was deleted and when it is purged (ISO 8601).
+    deleted_at: str = ""
+    purge_at: str = ""
 
     def __bool__(self) -> bool:
         return bool(self.ip_rules or self.subnets or self.pending_ip_rules or self.pending_subnets)
@@ -63,6 +68,9 @@ class LedgerEntry:
             "pendingIpRules": sorted(map(str, self.pending_ip_rules)),
             "pendingSubnets": sorted(self.pending_subnets),
             "generation": self.generation,
+            "location": self.location,
+            "deletedAt": self.deleted_at,
+            "purgeAt": self.purge_at,
         }
 
     @classmethod
@@ -73,6 +81,9 @@ class LedgerEntry:
             pending_ip_rules=frozenset(IPv4Network(v) for v in data.get("pendingIpRules", ())),
             pending_subnets=frozenset(data.get("pendingSubnets", ())),
             generation=str(data.get("generation", "")),
+            location=str(data.get("location", "")),
+            deleted_at=str(data.get("deletedAt", "")),
+            purge_at=str(data.get("purgeAt", "")),
         )
 
 

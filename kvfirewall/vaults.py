@@ -186,6 +186,15 @@ class WriteFailed(Exception):
         self.retry_after = retry_after
 
 
+@dataclass(frozen=True)
+class DeletedVault:
+    """A soft-deleted vault (Key Vault keeps every deleted vault for its retention period,
+    recoverable with its networkAcls): when it was deleted and when it is purged."""
+
+    deletion_date: str | None
+    scheduled_purge_date: str | None
+
+
 class OutOfTime(Exception):
     """The `Arm`'s time budget is spent: no further call is started."""
 
@@ -368,6 +377,24 @@ class Arm:
             return None
         return to_state(vault)
 
+    def get_deleted_vault(self, ref: VaultRef, location: str) -> DeletedVault | None:
+        """The soft-deleted vault of this id in `location`, or None once it is purged (or
+        is not a deleted vault: recovered, or never deleted)."""
+        vaults = self._client(ref.subscription).vaults
+        try:
+            deleted = self._read(
+                ref.subscription, lambda **kw: vaults.get_deleted(ref.name, location, **kw)
+            )
+        except ResourceNotFoundError:
+            return None
+        properties = deleted.as_dict().get("properties") or {}
+        if str(properties.get("vaultId", "")).lower() != ref.id.lower():
+            return None  # a deleted vault of that name in another resource group
+        return DeletedVault(
+            deletion_date=properties.get("deletionDate"),
+            scheduled_purge_date=properties.get("scheduledPurgeDate"),
+        )
+
     def update_network_acls(
         self, ref: VaultRef, network_acls: dict, *, public_network_access: str | None = None
     ) -> VaultState:
@@ -468,4 +495,5 @@ def to_state(vault) -> VaultState:
         public_network_access=properties.get("publicNetworkAccess"),
         network_acls=properties.get("networkAcls"),
         created_at=(data.get("systemData") or {}).get("createdAt"),
+        location=data.get("location"),
     )

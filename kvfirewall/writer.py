@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from kvfirewall.errors import is_transient, one_line
 from kvfirewall.ledger import Lease, LeaseBusy, LedgerEntry, StateStore
@@ -28,7 +28,7 @@ from kvfirewall.ranges import Desired
 from kvfirewall.report import VaultResult
 from kvfirewall.rules import VaultRef, current_ip_network, parse_vault_id, subnet_key
 from kvfirewall.settings import Settings
-from kvfirewall.vaults import Arm, Backoff, OutOfTime, WriteFailed
+from kvfirewall.vaults import Arm, Backoff, DeletedVault, OutOfTime, WriteFailed
 
 log = logging.getLogger("kvfirewall")
 # With a time budget (an HTTP request must answer within 230 s), no vault is started with less
@@ -39,6 +39,8 @@ MIN_WRITE_SECONDS = 10.0  # no PATCH is started with less of the budget left
 # throttled, and this run is better spent on other vaults (the holder or the next run does it).
 LEASE_WAIT_SECONDS = 30.0
 READ_SECONDS = 3.0  # kept, within a budget, for the fresh read after waiting for a lease
+# Key Vault keeps a deleted vault 7 to 90 days (softDeleteRetentionInDays) before purging it.
+MAX_RETENTION = timedelta(days=90)
 _LOG_LEVELS = {"updated": logging.INFO, "planned": logging.INFO, "failed": logging.WARNING}
 NOT_REACHED = "not reached: the run's time budget ran out; the next run covers it"
 
@@ -66,7 +68,9 @@ class VaultWorker:
         *,
         source_version: str,
         in_scope: Callable[[VaultState], bool],
+        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
+        self.now = now
         self.source_version = source_version
         self.in_scope = in_scope
         self.settings = settings
@@ -137,12 +141,7 @@ class VaultWorker:
             with self.store.lease(ref.key, wait_seconds=self._lease_wait()) as lease:
                 return self._write(ref, lease)
         except LeaseBusy as exc:
-            return VaultResult(
-                id=state.id,
-                outcome="skipped",
-                reason=f"busy: {exc}; that run or the next one reconciles it",
-                retryable=True,
-            )
+            return _busy(state.id, exc)
 
     def _lease_wait(self) -> float:
         """Up to LEASE_WAIT_SECONDS, and within a budget only as long as still leaves time
@@ -174,7 +173,7 @@ class VaultWorker:
         self.arm.pace_write(ref.subscription)
         state = self.arm.get_vault(ref)
         if state is None:
-            return self._gone(ref, "vault deleted meanwhile")
+            return self._gone(ref, "vault deleted meanwhile", lease)
         if not self.in_scope(state):
             return VaultResult(id=state.id, outcome="skipped", reason="left scope meanwhile")
         attempt.entry = _settled(attempt.entry, state)
@@ -234,7 +233,7 @@ class VaultWorker:
         """A PATCH that failed: keep the pending claim if it may have landed, take it back if
         it surely did not; None to go again from a fresh read."""
         if exc.status == 404:
-            return self._gone(ref, "vault deleted meanwhile")
+            return self._gone(ref, "vault deleted meanwhile", lease)
         if exc.maybe_applied:
             attempt.entry, attempt.landed = pending, plan  # the next read tells what landed
         else:
@@ -284,7 +283,7 @@ class VaultWorker:
         except OutOfTime:  # the write is done and its answer showed it: don't fail it
             return _result(plan, "updated", put_back=attempt.put_back)
         if check is None:
-            return self._gone(ref, "vault deleted meanwhile")
+            return self._gone(ref, "vault deleted meanwhile", lease)
         undone = _missing(plan, check, ours_only=True)
         undone += _held(check, *removed)  # brought back
         if not undone:
@@ -327,27 +326,90 @@ class VaultWorker:
             self.store.write_entry(ref.key, owned)
         return _result(plan, "unchanged")
 
-    def _gone(self, ref: VaultRef, reason: str) -> VaultResult:
-        """A vault that no longer exists: its ledger entry must not outlive it."""
-        if self.write:
-            self.store.write_entry(ref.key, LedgerEntry())
-        return VaultResult(id=ref.id, outcome="skipped", reason=reason)
+    def _gone(self, ref: VaultRef, reason: str, lease: Lease | None = None) -> VaultResult:
+        """A vault that answers 404. Key Vault keeps a deleted vault for its retention period,
+        and recovers it with its networkAcls: its entry is kept, marked, until it is purged
+        (then forgotten), so that a recovered vault's rules are still known as kvfirewall's.
+        The entry moves only under the vault's `lease` (taken here if not held)."""
+        result = VaultResult(id=ref.id, outcome="skipped", reason=reason)
+        if not self.write:
+            return result
+        if lease is not None:
+            self._mark_deleted(ref, lease)
+            return result
+        if not self.store.read_entry(ref.key):
+            return result  # never managed, or forgotten: no lease needed
+        try:
+            with self.store.lease(ref.key, wait_seconds=self._lease_wait()) as held:
+                self._mark_deleted(ref, held)
+        except LeaseBusy as exc:
+            return _busy(ref.id, exc)
+        return result
+
+    def _mark_deleted(self, ref: VaultRef, lease: Lease) -> None:
+        """Mark the entry of a deleted vault, or forget it if the vault is purged."""
+        entry = self.store.read_entry(ref.key)
+        if not entry:
+            return
+        looked, deleted = False, None
+        if entry.location:
+            try:
+                deleted, looked = self.arm.get_deleted_vault(ref, entry.location), True
+            except Exception as exc:  # no right to read deleted vaults, an outage: keep it
+                log.warning("kvfirewall: reading deleted vault %s: %s", ref.id, one_line(exc))
+        kept = after_deletion(entry, deleted, looked=looked, now=self.now())
+        if kept != entry:
+            lease.hold()
+            self.store.write_entry(ref.key, kept)
+
+
+def _busy(vault_id: str, exc: LeaseBusy) -> VaultResult:
+    return VaultResult(
+        id=vault_id,
+        outcome="skipped",
+        reason=f"busy: {exc}; that run or the next one reconciles it",
+        retryable=True,
+    )
+
+
+def after_deletion(
+    entry: LedgerEntry, deleted: DeletedVault | None, *, looked: bool, now: datetime
+) -> LedgerEntry:
+    """The entry of a vault that answers 404: marked while the vault can be recovered, empty
+    (forgotten) once it is purged. `looked`: Resource Manager was asked for the deleted
+    vault, and `deleted` is its answer (None: purged). Without an answer the purge date is
+    the deletion plus the longest retention Key Vault allows."""
+    if looked and deleted is None:
+        return LedgerEntry()
+    deleted_at = entry.deleted_at or (deleted and deleted.deletion_date) or _iso(now)
+    purge_at = (deleted and deleted.scheduled_purge_date) or entry.purge_at
+    if not purge_at:
+        purge_at = _iso(_instant(deleted_at) + MAX_RETENTION)
+    if _instant(purge_at) <= now:
+        return LedgerEntry()
+    return dataclasses.replace(entry, deleted_at=deleted_at, purge_at=purge_at)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat()
 
 
 def _settled(entry: LedgerEntry, state: VaultState) -> LedgerEntry:
     """The ledger entry as it stands against a fresh read of the vault.
 
     An entry made for another vault that had the same id (deleted and created again) is
-    forgotten. Pending rules are resolved: those present were written by kvfirewall and are
-    owned; those absent never landed and are claimed no more.
+    forgotten; that of a recovered vault is unmarked. Pending rules are resolved: those
+    present were written by kvfirewall and are owned; those absent never landed and are
+    claimed no more.
     """
     if not same_instant(entry.generation, state.created_at):
         entry = LedgerEntry()
     nets, subnets = _present(state.network_acls)
-    return LedgerEntry(
+    return LedgerEntry(  # it exists: not (or no longer) marked deleted
         ip_rules=entry.ip_rules | (entry.pending_ip_rules & nets),
         subnets=entry.subnets | (entry.pending_subnets & subnets),
         generation=state.created_at or entry.generation,
+        location=state.location or entry.location,
     )
 
 
@@ -387,6 +449,7 @@ def _confirmed(pending: LedgerEntry, after: VaultState) -> LedgerEntry:
         ip_rules=(pending.ip_rules | pending.pending_ip_rules) & nets,
         subnets=(pending.subnets | pending.pending_subnets) & subnets,
         generation=pending.generation,
+        location=pending.location,
     )
 
 
@@ -432,11 +495,13 @@ def _writes(plan: Plan, entry: LedgerEntry, stored: LedgerEntry) -> bool:
     the vault's lease and starts again from a fresh read)."""
     if plan.action == "write":
         return True
-    return plan.action == "none" and _owned(plan, entry) != stored
+    # The location alone is not worth a lease: it is recorded with the next write.
+    unchanged = dataclasses.replace(stored, location=entry.location)
+    return plan.action == "none" and _owned(plan, entry) != unchanged
 
 
 def _owned(plan: Plan, entry: LedgerEntry) -> LedgerEntry:
-    return dataclasses.replace(plan.owned, generation=entry.generation)
+    return dataclasses.replace(plan.owned, generation=entry.generation, location=entry.location)
 
 
 def _result(

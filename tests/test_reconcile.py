@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kvfirewall import reconcile as engine
+from kvfirewall import writer
 from kvfirewall.ledger import LedgerEntry, LocalStore, open_store
 from kvfirewall.reconcile import reconcile
 from kvfirewall.rules import parse_vault_id
@@ -561,15 +562,67 @@ def test_a_vault_created_again_under_the_same_id_inherits_no_ownership(emulator,
     assert WEU in nets(emulator, estate["bare"])  # the new owners' rule
 
 
-def test_a_deleted_vault_loses_its_ledger_entry(emulator, estate, run, tmp_path, monkeypatch):
+def test_a_deleted_vault_keeps_its_ledger_entry_marked(
+    emulator, estate, run, tmp_path, monkeypatch
+):
+    """Key Vault can recover a deleted vault with its rules: its entry must outlive it."""
     run(vault=estate["bare"])
-    store = LocalStore(tmp_path / "state")
-    assert store.read_entry(estate["bare"].lower())
+    entry = ledger_of(tmp_path, estate["bare"])
+    assert WEU in entry.ip_rules and entry.location == "westeurope" and not entry.deleted_at
     emulator.set_service_tags(weu_moved())
     after_listing(monkeypatch, lambda: emulator.delete_vault(estate["bare"]))
     bare = next(v for v in run().vaults if v.id.endswith("kv-bare"))
     assert (bare.outcome, bare.reason) == ("skipped", "vault deleted meanwhile")
-    assert store.read_entry(estate["bare"].lower()) == LedgerEntry()
+    marked = ledger_of(tmp_path, estate["bare"])
+    assert marked.ip_rules == entry.ip_rules and marked.deleted_at and marked.purge_at
+    assert any(
+        r.path.endswith("/locations/westeurope/deletedVaults/kv-bare") for r in emulator.requests
+    )
+
+
+def test_a_recovered_vault_s_rules_are_kvfirewall_s_again(emulator, estate, run, tmp_path):
+    run(vault=estate["bare"])
+    emulator.delete_vault(estate["bare"])
+    assert [v.reason for v in run(vault=estate["bare"]).vaults] == ["vault not found"]
+    emulator.recover_vault(estate["bare"])
+    emulator.set_service_tags(weu_moved())
+
+    assert [v.outcome for v in run(vault=estate["bare"]).vaults] == ["updated"]
+
+    assert WEU not in nets(emulator, estate["bare"])  # removed: it was ours
+    values = [r["value"] for r in acls(emulator, estate["bare"])["ipRules"]]
+    assert len(values) == len(set(values)) and f"{NEW_WEU}" in values
+    assert not ledger_of(tmp_path, estate["bare"]).deleted_at
+
+
+def test_a_purged_vault_s_entry_is_forgotten(emulator, estate, run, tmp_path):
+    run(vault=estate["bare"])
+    emulator.delete_vault(estate["bare"])
+    run(vault=estate["bare"])
+    assert ledger_of(tmp_path, estate["bare"]).deleted_at
+    emulator.purge_vault(estate["bare"])
+    run(vault=estate["bare"])
+    assert ledger_of(tmp_path, estate["bare"]) == LedgerEntry()
+
+
+def test_an_entry_is_forgotten_once_the_scheduled_purge_date_has_passed(
+    emulator, estate, run, tmp_path
+):
+    run(vault=estate["bare"])
+    emulator.delete_vault(estate["bare"], retention_days=0)  # purged from now on
+    run(vault=estate["bare"])
+    assert ledger_of(tmp_path, estate["bare"]) == LedgerEntry()
+
+
+def test_marking_a_deleted_vault_waits_for_its_lease(emulator, estate, run, tmp_path, monkeypatch):
+    run(vault=estate["bare"])
+    monkeypatch.setattr(writer, "LEASE_WAIT_SECONDS", 0.0)
+    emulator.delete_vault(estate["bare"])
+    entry = ledger_of(tmp_path, estate["bare"])
+    with LocalStore(tmp_path / "state").lease(estate["bare"].lower(), wait_seconds=0):
+        report = run(vault=estate["bare"])
+        assert (report.vaults[0].outcome, report.vaults[0].retryable) == ("skipped", True)
+        assert ledger_of(tmp_path, estate["bare"]) == entry
 
 
 def test_a_vault_deleted_between_read_and_write_is_skipped(emulator, estate, run):
