@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 
 from kvfirewall.errors import is_transient, one_line
-from kvfirewall.ledger import Lease, LeaseBusy, LedgerEntry, StateStore
+from kvfirewall.ledger import Lease, LeaseBusy, LedgerEntry, StaleEntry, StateStore
 from kvfirewall.plan import Plan, VaultState, ip_values, plan_vault, subnet_values
 from kvfirewall.ranges import Desired
 from kvfirewall.report import VaultResult
@@ -41,6 +41,7 @@ LEASE_WAIT_SECONDS = 30.0
 READ_SECONDS = 3.0  # kept, within a budget, for the fresh read after waiting for a lease
 # Key Vault keeps a deleted vault 7 to 90 days (softDeleteRetentionInDays) before purging it.
 MAX_RETENTION = timedelta(days=90)
+STALE_REREADS = 3  # ledger entries found changed by another holder, within one vault's write
 _LOG_LEVELS = {"updated": logging.INFO, "planned": logging.INFO, "failed": logging.WARNING}
 NOT_REACHED = "not reached: the run's time budget ran out; the next run covers it"
 
@@ -53,6 +54,17 @@ class _Attempt:
     stored: LedgerEntry  # what the ledger holds now
     landed: Plan | None = None  # the last write that landed, or may have without an answer
     put_back: list[str] = dataclasses.field(default_factory=list)  # undone by a stale write
+
+    def reread(self, stored: LedgerEntry) -> _Attempt:
+        """Start again from the entry as another holder left it, with our landed claims."""
+        entry = stored
+        if self.landed is not None:
+            entry = dataclasses.replace(
+                stored,
+                pending_ip_rules=stored.pending_ip_rules | self.landed.owned.ip_rules,
+                pending_subnets=stored.pending_subnets | self.landed.owned.subnets,
+            )
+        return _Attempt(entry=entry, stored=stored, landed=self.landed, put_back=self.put_back)
 
 
 class VaultWorker:
@@ -159,8 +171,20 @@ class VaultWorker:
         stored = self.store.read_entry(ref.key)  # the previous holder may have changed it
         attempt = _Attempt(entry=stored, stored=stored)
         backoff = self.arm.write_backoff()
+        rereads = STALE_REREADS
         while True:
-            result = self._attempt(ref, lease, attempt, backoff)
+            try:
+                result = self._attempt(ref, lease, attempt, backoff)
+            except StaleEntry:
+                # Another holder wrote the entry (this lease ran out unnoticed): nothing was
+                # overwritten. Read it again and plan again, still claiming what our own
+                # write added (a claim holds only where the vault shows the rule).
+                if not rereads:
+                    raise
+                rereads -= 1
+                log.warning("kvfirewall: ledger entry of %s changed meanwhile: re-planned", ref.id)
+                attempt = attempt.reread(self.store.read_entry(ref.key))
+                continue
             if result is not None:
                 return result
 
@@ -216,8 +240,7 @@ class VaultWorker:
             pending_subnets=entry.pending_subnets | plan.owned.subnets,
         )
         lease.hold()
-        self.store.write_entry(ref.key, pending)
-        attempt.stored = pending
+        attempt.stored = self.store.write_entry(ref.key, pending, base=attempt.stored)
         return pending
 
     def _write_failed(
@@ -237,9 +260,8 @@ class VaultWorker:
         if exc.maybe_applied:
             attempt.entry, attempt.landed = pending, plan  # the next read tells what landed
         else:
-            lease.hold()
-            self.store.write_entry(ref.key, attempt.entry)  # surely not applied: claim nothing
-            attempt.stored = attempt.entry
+            lease.hold()  # surely not applied: claim nothing
+            attempt.stored = self.store.write_entry(ref.key, attempt.entry, base=attempt.stored)
         if exc.retryable and backoff.wait(exc.retry_after):
             return None
         tries = f" (gave up after {backoff.attempts} attempts)" if exc.retryable else ""
@@ -258,14 +280,16 @@ class VaultWorker:
         # Rules just removed stay claimed (pending) until a read shows them gone: a stale
         # write may bring them back, and then they must still be known as ours.
         removed_nets, removed_subnets = _removed(plan)
-        attempt.entry = attempt.stored = dataclasses.replace(
+        confirmed = dataclasses.replace(
             _confirmed(pending, after),
             pending_ip_rules=removed_nets,
             pending_subnets=removed_subnets,
         )
-        lease.hold()
-        self.store.write_entry(ref.key, attempt.entry)
         attempt.landed = plan
+        lease.hold()
+        attempt.entry = attempt.stored = self.store.write_entry(
+            ref.key, confirmed, base=attempt.stored
+        )
         return removed_nets, removed_subnets
 
     def _verify(
@@ -289,7 +313,8 @@ class VaultWorker:
         if not undone:
             if any(removed):  # gone for good: claimed no more
                 lease.hold()
-                self.store.write_entry(ref.key, _settled(attempt.entry, check))
+                settled = _settled(attempt.entry, check)
+                self.store.write_entry(ref.key, settled, base=attempt.stored)
             return _result(plan, "updated", put_back=attempt.put_back)
         # Someone wrote a stale copy over ours: plan again on what is there now (their
         # changes stay theirs) and write ours again.
@@ -323,7 +348,7 @@ class VaultWorker:
         owned = _owned(plan, entry)
         if lease is not None and owned != stored:
             lease.hold()
-            self.store.write_entry(ref.key, owned)
+            self.store.write_entry(ref.key, owned, base=stored)
         return _result(plan, "unchanged")
 
     def _gone(self, ref: VaultRef, reason: str, lease: Lease | None = None) -> VaultResult:
@@ -360,7 +385,7 @@ class VaultWorker:
         kept = after_deletion(entry, deleted, looked=looked, now=self.now())
         if kept != entry:
             lease.hold()
-            self.store.write_entry(ref.key, kept)
+            self.store.write_entry(ref.key, kept, base=entry)
 
 
 def _busy(vault_id: str, exc: LeaseBusy) -> VaultResult:

@@ -839,7 +839,35 @@ def test_a_creation_time_written_with_another_precision_is_still_the_same_vault(
     created = emulator.vault(estate["bare"])["systemData"]["createdAt"]  # 7 digits and Z
     same = datetime.fromisoformat(created).isoformat()  # 6 digits and +00:00
     assert same != created
-    store.write_entry(key, dataclasses.replace(store.read_entry(key), generation=same))
+    stored = store.read_entry(key)
+    store.write_entry(key, dataclasses.replace(stored, generation=same), base=stored)
     emulator.set_service_tags(weu_moved())
     run(vault=estate["bare"])
     assert WEU not in nets(emulator, estate["bare"])  # still known as kvfirewall's
+
+
+def test_a_ledger_entry_written_by_another_holder_is_not_overwritten_and_the_run_converges(
+    emulator, estate, run, tmp_path
+):
+    """Another holder (this run's lease ran out unnoticed) writes the vault and its entry
+    after this run read the entry: this run's next ledger write finds it changed, reads it
+    again and plans again, so the other holder's claim survives."""
+    store = LocalStore(tmp_path / "state")
+    key = estate["bare"].lower()
+    reads = []
+
+    def another_holder_writes(_emulator) -> None:
+        reads.append(1)
+        if len(reads) == 2:  # just before this run's fresh read under its lease
+            emulator.write_as(estate["bare"], network_acls={"ipRules": [{"value": str(WEU)}]})
+            claim = LedgerEntry(pending_ip_rules=frozenset({WEU}))
+            store.write_entry(key, claim, base=store.read_entry(key))
+
+    emulator.intercept("GET", "kv-bare$", before=another_holder_writes, times=2)
+    report = run(vault=estate["bare"])
+
+    assert [v.outcome for v in report.vaults] == ["updated"]
+    assert WEU in ledger_of(tmp_path, estate["bare"]).ip_rules  # their claim survived
+    emulator.set_service_tags(weu_moved())
+    run(vault=estate["bare"])
+    assert WEU not in nets(emulator, estate["bare"])  # and so it is removed when Azure drops it
