@@ -1,6 +1,7 @@
 """A local HTTPS Azure Resource Manager that the real Azure SDK can talk to offline.
 
-It models only what kvfirewall touches: Key Vault vaults (get, list, create/replace, update),
+It models only what kvfirewall touches: Key Vault vaults (get, list, create/replace, update;
+soft-deleted vaults: get, and recover and purge for tests),
 the Service Tag Discovery API, the App Service managed-identity token endpoint, plus static
 files for downloader tests. Faults, throttling and latency are injectable so that the
 product's error handling can be exercised against the real SDK pipeline.
@@ -28,7 +29,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -67,6 +68,11 @@ _LIST_RG_RE = re.compile(
 _TAGS_RE = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Network/locations/(?P<loc>[^/]+)"
     r"/serviceTags/?$",
+    re.IGNORECASE,
+)
+_DELETED_RE = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.KeyVault/locations/(?P<loc>[^/]+)"
+    r"/deletedVaults/(?P<name>[^/]+)/?$",
     re.IGNORECASE,
 )
 _RESOURCE_GROUPS_RE = re.compile(r"/resourceGroups/", re.IGNORECASE)
@@ -165,8 +171,12 @@ def _json_bytes(doc: Any) -> bytes:
 
 
 def _iso_now() -> str:
+    return _iso(datetime.now(timezone.utc))
+
+
+def _iso(moment: datetime) -> str:
     """ARM timestamps carry 7 fractional digits; Python gives 6, so pad one."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
 
 
 def _encode_skiptoken(last_key: str) -> str:
@@ -333,6 +343,9 @@ class Emulator:
         """
         with self._lock:
             self._vaults: dict[tuple[str, str, str], dict[str, Any]] = {}
+            # Soft-deleted vaults by (subscription, location, name), all lower-cased: each
+            # with the vault as it was, its deletion and its scheduled purge date.
+            self._deleted: dict[tuple[str, str, str], dict[str, Any]] = {}
             self._subnets: dict[str, bool] = {}
             self._service_tags: dict[str, Any] | None = None
             self._files: dict[str, tuple[bytes, str, float]] = {}
@@ -618,11 +631,34 @@ class Emulator:
             )
             self._commit(key, new, sub, actor, "PATCH", True, {})
 
-    def delete_vault(self, vault_id: str) -> None:
-        """Delete a vault as someone else would (no request is recorded)."""
+    def delete_vault(self, vault_id: str, *, retention_days: int = 90) -> None:
+        """Delete a vault as someone else would (no request is recorded). Soft-delete is
+        always on: the vault is kept as a deleted vault until it is purged or recovered."""
         key = vaults.vault_key(*vaults.parse_vault_id(vault_id))
         with self._lock:
-            del self._vaults[key]
+            vault = self._vaults.pop(key)
+            deleted = datetime.now(timezone.utc)
+            purge = deleted + timedelta(days=retention_days)
+            self._deleted[(key[0], vault["location"], key[2])] = {
+                "vault": vault,
+                "deletionDate": _iso(deleted),
+                "scheduledPurgeDate": _iso(purge),
+            }
+
+    def recover_vault(self, vault_id: str) -> None:
+        """Recover a deleted vault: it comes back as it was (networkAcls, createdAt)."""
+        sub, _rg, name = vaults.parse_vault_id(vault_id)
+        with self._lock:
+            found = next(k for k in self._deleted if (k[0], k[2]) == (sub.lower(), name.lower()))
+            vault = self._deleted.pop(found)["vault"]
+            self._vaults[vaults.vault_key(*vaults.parse_vault_id(vault["id"]))] = vault
+
+    def purge_vault(self, vault_id: str) -> None:
+        """Purge a deleted vault: gone for good."""
+        sub, _rg, name = vaults.parse_vault_id(vault_id)
+        with self._lock:
+            for key in [k for k in self._deleted if (k[0], k[2]) == (sub.lower(), name.lower())]:
+                del self._deleted[key]
 
     # ------------------------------------------------------------------ request handling
 
@@ -922,6 +958,11 @@ class Emulator:
                 raise _method_not_allowed(method)
             rg = m.groupdict().get("rg")
             return 200, self._list_vaults(m["sub"], rg, query)
+        m = _DELETED_RE.match(path)
+        if m:
+            if method != "GET":
+                raise _method_not_allowed(method)
+            return 200, self._get_deleted(m["sub"], m["loc"], m["name"])
         m = _TAGS_RE.match(path)
         if m:
             if method != "GET":
@@ -967,6 +1008,36 @@ class Emulator:
             if vault is None:
                 raise _vault_not_found(rg, name)
             return copy.deepcopy(vault)
+
+    def _get_deleted(self, sub: str, location: str, name: str) -> dict[str, Any]:
+        """Vaults_GetDeleted: the DeletedVault shape of the REST spec."""
+        key = (sub.lower(), location.replace(" ", "").lower(), name.lower())
+        with self._lock:
+            deleted = self._deleted.get(key)
+            if deleted is None:
+                raise ArmError(
+                    404,
+                    "ResourceNotFound",
+                    f"The Resource 'Microsoft.KeyVault/deletedVaults/{name}' under location "
+                    f"'{location}' was not found.",
+                )
+            vault = deleted["vault"]
+            return {
+                "id": f"/subscriptions/{key[0]}/providers/Microsoft.KeyVault/locations/{key[1]}"
+                f"/deletedVaults/{vault['name']}",
+                "name": vault["name"],
+                "type": "Microsoft.KeyVault/deletedVaults",
+                "properties": {
+                    "vaultId": vault["id"],
+                    "location": vault["location"],
+                    "deletionDate": deleted["deletionDate"],
+                    "scheduledPurgeDate": deleted["scheduledPurgeDate"],
+                    "tags": copy.deepcopy(vault["tags"]),
+                    "purgeProtectionEnabled": bool(
+                        vault["properties"].get("enablePurgeProtection", False)
+                    ),
+                },
+            }
 
     def _list_vaults(self, sub: str, rg: str | None, query: dict[str, str]) -> dict[str, Any]:
         top = query.get("$top")

@@ -29,6 +29,7 @@ from azure.core.exceptions import (
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
 from kvfirewall.clouds import default_credential, token_scope
+from kvfirewall.errors import is_transient, one_line
 from kvfirewall.plan import VaultState
 from kvfirewall.rules import VaultRef
 from kvfirewall.transport import OutOfTime, shared_transport
@@ -37,10 +38,6 @@ __all__ = ["Arm", "Backoff", "CallCounts", "OutOfTime", "WriteFailed", "to_state
 
 SERVICE_TAGS_API_VERSION = "2024-05-01"
 MAX_TAG_PAGES = 100  # Discovery API pages followed; the whole catalog is a few
-# Client errors worth another attempt (after a fresh read): a timeout, a conflicting write in
-# progress, throttling. Every 4xx means the write was not applied; anything else (5xx, a
-# response cut off mid-body, an unexpected status) may have been.
-RETRYABLE_CLIENT_STATUS = frozenset({408, 409, 429})
 RETRYABLE_READ_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 READ_RETRY_SECONDS = 60.0
 # Resource Manager's token buckets, per subscription and principal: what each refills per
@@ -201,6 +198,15 @@ class WriteFailed(Exception):
         self.retryable = retryable
         self.maybe_applied = maybe_applied
         self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class DeletedVault:
+    """A soft-deleted vault (Key Vault keeps every deleted vault for its retention period,
+    recoverable with its networkAcls): when it was deleted and when it is purged."""
+
+    deletion_date: str | None
+    scheduled_purge_date: str | None
 
 
 class Backoff:
@@ -389,6 +395,24 @@ class Arm:
             return None
         return to_state(vault)
 
+    def get_deleted_vault(self, ref: VaultRef, location: str) -> DeletedVault | None:
+        """The soft-deleted vault of this id in `location`, or None once it is purged (or
+        is not a deleted vault: recovered, or never deleted)."""
+        vaults = self._client(ref.subscription).vaults
+        try:
+            deleted = self._read(
+                ref.subscription, lambda **kw: vaults.get_deleted(ref.name, location, **kw)
+            )
+        except ResourceNotFoundError:
+            return None
+        properties = deleted.as_dict().get("properties") or {}
+        if str(properties.get("vaultId", "")).lower() != ref.id.lower():
+            return None  # a deleted vault of that name in another resource group
+        return DeletedVault(
+            deletion_date=properties.get("deletionDate"),
+            scheduled_purge_date=properties.get("scheduledPurgeDate"),
+        )
+
     def update_network_acls(
         self, ref: VaultRef, network_acls: dict, *, public_network_access: str | None = None
     ) -> VaultState:
@@ -414,11 +438,12 @@ class Arm:
                 read_timeout=self._timeout(WRITE_TIMEOUT),
             )
         except HttpResponseError as exc:
-            status = exc.status_code or 0
-            client_error = 400 <= status < 500
+            # Every 4xx means the write was not applied; anything else (5xx, a response cut
+            # off mid-body, an unexpected status) may have been.
+            client_error = 400 <= (exc.status_code or 0) < 500
             raise WriteFailed(
                 _describe(exc),
-                retryable=status in RETRYABLE_CLIENT_STATUS or not client_error,
+                retryable=is_transient(exc),  # after a fresh read
                 maybe_applied=not client_error,
                 retry_after=_retry_after(exc),
                 status=exc.status_code,
@@ -488,11 +513,10 @@ def _seconds(value: str | None) -> float | None:
 def _describe(exc: Exception) -> str:
     """The ARM error code and message, without request ids or headers."""
     if not isinstance(exc, HttpResponseError):
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        return f"{type(exc).__name__}: {first}"[:500]
+        return one_line(exc)
     error = getattr(exc, "error", None)
     code = getattr(error, "code", None) or exc.reason or "Error"
-    message = getattr(error, "message", None) or str(exc).splitlines()[0]
+    message = getattr(error, "message", None) or one_line(exc)
     return f"HTTP {exc.status_code} {code}: {message}"[:500]
 
 
@@ -506,4 +530,5 @@ def to_state(vault) -> VaultState:
         public_network_access=properties.get("publicNetworkAccess"),
         network_acls=properties.get("networkAcls"),
         created_at=(data.get("systemData") or {}).get("createdAt"),
+        location=data.get("location"),
     )
