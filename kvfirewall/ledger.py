@@ -25,6 +25,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Protocol
 
+from kvfirewall import filelock
 from kvfirewall.ranges import Snapshot
 from kvfirewall.report import (
     ReportInfo,
@@ -254,26 +255,16 @@ class LocalStore:
 
     @contextlib.contextmanager
     def lease(self, vault_key: str, *, wait_seconds: float) -> Iterator[Lease]:
-        """An exclusive `flock` on `leases/<digest>.lock` (per open file, so threads of one
-        process exclude each other too)."""
-        import fcntl
-
+        """An exclusive lock on `leases/<digest>.lock` (per open file, so threads of one
+        process exclude each other too; see `filelock`)."""
         path = self.root / "leases" / f"{_row_key(vault_key)}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+b") as handle:
-
-            def try_once() -> bool:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return False
-                return True
-
-            _poll(try_once, wait_seconds, vault_key)
+            _poll(lambda: filelock.try_lock(handle), wait_seconds, vault_key)
             try:
                 yield _FileLease()
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                filelock.unlock(handle)
 
     def save_report(self, name: str, chunks: Iterable[bytes], *, counts: Mapping[str, int]) -> str:
         """The report is written to a temporary file first; then the name is taken by
