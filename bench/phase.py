@@ -1,7 +1,8 @@
 """One benchmark phase in a process of its own, so that its peak RSS is the reconciler's alone.
 
 Started by `bench.run` with the environment pointing at the emulator; prints one JSON line.
-Phases: `full` and `rerun` reconcile every vault in scope, as the timer does in enforce mode;
+Phases: `full` and `rerun` reconcile every vault in scope and store the report, as the timer
+does in enforce mode;
 `event` reconciles the vault an Event Grid event (JSON on stdin) names, as the Event Grid
 trigger does.
 """
@@ -72,6 +73,7 @@ def run(phase: str, event: dict[str, Any] | None) -> dict[str, Any]:
                 mode=service.settings.mode,
                 save_snapshot=True,
                 progress=heartbeat,
+                trigger="timer",  # as the timer does, the full report is stored
             )
     errors = sorted({v.error for v in report.vaults if v.error})
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -2,7 +2,8 @@
 
 Exit codes: 0 all vaults fine, 1 some vault failed, 2 bad settings or arguments.
 `apply` writes even when KVF_MODE is audit: the operator asked for it explicitly; KVF_MODE
-governs the unattended triggers.
+governs the unattended triggers. `plan` and `apply` print the vaults that changed or failed
+(the counts cover all); `apply` stores the full report, which `reports NAME` prints.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from typing import TextIO
 
 from kvfirewall.errors import one_line
-from kvfirewall.report import VaultResult
+from kvfirewall.report import ReportInfo, VaultResult
 from kvfirewall.rules import RuleError, VaultRef, parse_vault_id
 from kvfirewall.service import Service
 from kvfirewall.settings import Settings, SettingsError
@@ -34,13 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (
         ("ranges", "show what would be allowed, and from which source version"),
         ("plan", "dry run: report what apply would change (never writes)"),
-        ("apply", "reconcile the vaults (writes)"),
+        ("apply", "reconcile the vaults (writes) and store the report"),
+        ("reports", "list the stored reports, newest first, or print one"),
     ):
         command = commands.add_parser(name, help=text, description=text)
-        command.add_argument("--json", action="store_true", help="print the JSON report")
+        command.add_argument("--json", action="store_true", help="print JSON")
         command.add_argument("-v", "--verbose", action="store_true", help="log every vault")
-        if name != "ranges":
+        if name in ("plan", "apply"):
             command.add_argument("--vault", metavar="ID", help="only this vault (resource id)")
+        if name == "reports":
+            command.add_argument("name", nargs="?", help="print this stored report (JSON)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     if args.verbose:  # one line per vault; the SDK's HTTP logging stays quiet
@@ -55,9 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "ranges":
             return _ranges(service.ranges(), as_json=args.json)
+        if args.command == "reports":
+            return _reports(service, args.name, as_json=args.json)
         write = args.command == "apply"
         report = service.run(
-            write=write, mode="enforce" if write else "plan", vault=vault, progress=progress
+            write=write,
+            mode="enforce" if write else "plan",
+            vault=vault,
+            progress=progress,
+            trigger="cli" if write else None,
         )
     except Exception as exc:  # e.g. the state store is unreachable: say so, no traceback
         print(f"kvfirewall: error: {one_line(exc)}", file=sys.stderr)
@@ -78,6 +88,37 @@ def _target(value: str | None, settings: Settings) -> VaultRef | None:
     if ref.subscription not in settings.subscriptions:
         raise UsageError(f"--vault: subscription {ref.subscription} is not in KVF_SUBSCRIPTIONS")
     return ref
+
+
+def _reports(service: Service, name: str | None, *, as_json: bool) -> int:
+    """One stored report's JSON, or the list: one line per report, newest first."""
+    if name is not None:
+        try:
+            data = service.store.read_report(name)
+        except KeyError:
+            print(f"kvfirewall: error: no stored report {name!r}", file=sys.stderr)
+            return 2
+        sys.stdout.buffer.write(data)
+        return 0
+    reports = service.store.list_reports()
+    if as_json:
+        print(json.dumps([_report_json(r) for r in reports], indent=2))
+        return 0
+    for info in reports:
+        counts = ", ".join(f"{n} {k}" for k, n in info.counts.items() if n) or "no vaults"
+        print(f"{info.time:%Y-%m-%d %H:%M:%S}Z  {info.trigger:<5}  {info.name}  {counts}")
+    if not reports:
+        print(f"no stored reports in {service.store.describe()}", file=sys.stderr)
+    return 0
+
+
+def _report_json(info: ReportInfo) -> dict:
+    return {
+        "name": info.name,
+        "time": info.time.isoformat(),
+        "trigger": info.trigger,
+        "counts": info.counts,
+    }
 
 
 def _ranges(data: dict, *, as_json: bool) -> int:

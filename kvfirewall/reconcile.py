@@ -24,7 +24,7 @@ from kvfirewall.ranges import (
     choose_snapshot,
     desired_rules,
 )
-from kvfirewall.report import Report, VaultResult
+from kvfirewall.report import Report, ReportSpool, VaultResult
 from kvfirewall.rules import RuleError, VaultRef, parse_vault_id
 from kvfirewall.settings import Settings, redact_url
 from kvfirewall.sources import builtin_snapshot, fetch_snapshot
@@ -121,6 +121,7 @@ def reconcile(
     save_snapshot: bool | None = None,
     refresh_ranges: bool = True,
     thread_init: Callable[[], None] | None = None,
+    spool: ReportSpool | None = None,
 ) -> Report:
     """Reconcile every vault in scope (or one vault) and return the report.
 
@@ -129,7 +130,8 @@ def reconcile(
     whether the source is fetched or a stored snapshot may do (see `resolve_ranges`). An `arm`
     with a time budget bounds the run: vaults not reached in time are reported as skipped.
     `thread_init` runs in each worker thread first (the Functions worker forwards log records
-    only from threads that carry the invocation's id).
+    only from threads that carry the invocation's id). With a `spool`, every vault's result
+    goes there and the report keeps only the counts and the vaults that changed or failed.
     """
     started = time.monotonic()
     calls_before = dataclasses.replace(arm.counts)  # an Arm may serve many runs
@@ -152,6 +154,7 @@ def reconcile(
             "removed": [str(p) for p in decision.removed],
         },
         warnings=[*decision.warnings, *desired.warnings],
+        spool=spool,
     )
     worker = VaultWorker(
         settings,
@@ -163,10 +166,9 @@ def reconcile(
         in_scope=lambda state: in_scope(state, settings),
     )
     if vault is not None:
-        report.vaults.append(worker.one(vault))
+        report.add(worker.one(vault))
     else:
         _reconcile_listed(settings, arm, worker, report, progress, thread_init)
-        report.cut_short = sum(v.reason == NOT_REACHED for v in report.vaults)
     report.arm_calls = {
         field: getattr(arm.counts, field) - getattr(calls_before, field)
         for field in ("reads", "writes", "throttled")
@@ -186,14 +188,20 @@ def _reconcile_listed(
     """Reconcile every listed vault in scope as its page arrives, on `WORKERS` threads.
 
     At most `2 * WORKERS` vaults are in the workers' hands and `LISTED_QUEUE` listed ones wait
-    for them, so memory stays flat however large the estate: only the small results are kept.
+    for them, so memory stays flat however large the estate: the report counts each result
+    and keeps (or spools) it.
     """
     in_flight: deque[Future[VaultResult]] = deque()
 
     def finish(result: VaultResult) -> None:
-        report.vaults.append(result)
+        report.add(result)
+        if result.reason == NOT_REACHED:
+            if result.id.count("/") == 2:  # `/subscriptions/<id>`: the rest of its listing
+                report.cut_short_subscriptions += 1
+            else:
+                report.cut_short += 1
         if progress:
-            progress(len(report.vaults), result)
+            progress(report.total, result)
 
     with ThreadPoolExecutor(max_workers=WORKERS, initializer=thread_init) as pool:
         for item in _listed(settings, arm, thread_init):

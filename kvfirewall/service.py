@@ -8,19 +8,22 @@ calls and the results back; every decision is made here or deeper in the package
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from kvfirewall.api import ReconcileRequest
 from kvfirewall.clouds import default_credential
+from kvfirewall.errors import one_line
 from kvfirewall.events import EventTarget, MalformedEvent, event_target
 from kvfirewall.geographies import GEOGRAPHY_REGIONS
 from kvfirewall.ledger import StateStore, open_store
 from kvfirewall.ranges import desired_rules
 from kvfirewall.reconcile import Progress, reconcile, resolve_ranges
-from kvfirewall.report import Report
+from kvfirewall.report import Report, ReportSpool, Trigger, report_name
 from kvfirewall.rules import VaultRef
 from kvfirewall.settings import Settings, SettingsError, redact_url
 from kvfirewall.vaults import Arm
@@ -54,18 +57,30 @@ class EventOutcome:
 class Service:
     """One deployment's engine: settings, state and Azure access."""
 
-    def __init__(self, settings: Settings, *, store: StateStore, credential=None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: StateStore,
+        credential=None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.settings = settings
         self.store = store
         self._credential = credential
         self._lock = threading.Lock()
+        self._clock = clock
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
         """Open the configured store; a store the SDKs refuse is a settings error."""
 
         try:
-            store = open_store(settings.state, arm_endpoint=settings.arm_endpoint)
+            store = open_store(
+                settings.state,
+                arm_endpoint=settings.arm_endpoint,
+                report_days=settings.report_days,
+            )
         except Exception as exc:  # the SDKs reject some connection strings only here
             raise SettingsError(
                 f"KVF_STATE: cannot use {settings.state.describe()}: {type(exc).__name__}"
@@ -101,21 +116,43 @@ class Service:
         budget_seconds: float | None = None,
         progress: Progress | None = None,
         thread_init: Callable[[], None] | None = None,
+        trigger: Trigger | None = None,
     ) -> Report:
-
+        """One run. A run over every vault spools each vault's result, so that memory holds
+        only the counts and the vaults that changed or failed, however large the estate; with
+        a `trigger`, the full report is stored as `reports/<start time>-<trigger>.json`."""
+        started = self._clock()
         arm = self.arm(budget_seconds=budget_seconds)
-        return reconcile(
-            self.settings,
-            store=self.store.within(arm.remaining),
-            arm=arm,
-            write=write,
-            mode=mode,
-            vault=vault,
-            progress=progress,
-            refresh_ranges=refresh_ranges,
-            save_snapshot=save_snapshot,
-            thread_init=thread_init,
-        )
+        with ReportSpool() if vault is None else contextlib.nullcontext() as spool:
+            report = reconcile(
+                self.settings,
+                store=self.store.within(arm.remaining),
+                arm=arm,
+                write=write,
+                mode=mode,
+                vault=vault,
+                progress=progress,
+                refresh_ranges=refresh_ranges,
+                save_snapshot=save_snapshot,
+                thread_init=thread_init,
+                spool=spool,
+            )
+            if trigger is not None:
+                self._store_report(report, report_name(started, trigger))
+            report.spool = None  # closed with the run
+        return report
+
+    def _store_report(self, report: Report, name: str) -> None:
+        """Store the full report; a store that fails loses the stored copy, not the run (its
+        result is still answered and logged, with a warning)."""
+        try:
+            report.stored_as = self.store.save_report(
+                name, report.full_json(), counts=report.totals()
+            )
+        except Exception as exc:
+            warning = f"the report could not be stored: {one_line(exc)}"
+            report.warnings.append(warning)
+            log.warning("kvfirewall: %s", warning)
 
     def scheduled_run(self, *, thread_init: Callable[[], None] | None = None) -> Report:
         """The timer: refresh the ranges and reconcile every vault in scope, per KVF_MODE.
@@ -129,13 +166,15 @@ class Service:
             save_snapshot=True,
             budget_seconds=TIMER_BUDGET_SECONDS,
             thread_init=thread_init,
+            trigger="timer",
         )
 
     def requested_run(
         self, request: ReconcileRequest, *, thread_init: Callable[[], None] | None = None
     ) -> Report:
         """The HTTP trigger: one vault or all, per KVF_MODE unless it is a dry run (which
-        writes nothing at all), within the HTTP time limit."""
+        writes nothing at all), within the HTTP time limit. The report of a run over every
+        vault that is not a dry run is stored."""
         write = self.writes and not request.dry_run
         return self.run(
             write=write,
@@ -144,6 +183,7 @@ class Service:
             save_snapshot=not request.dry_run,
             budget_seconds=HTTP_BUDGET_SECONDS,
             thread_init=thread_init,
+            trigger="http" if request.vault is None and not request.dry_run else None,
         )
 
     def handle_event(self, *, event_type: object, subject: object, data: object) -> EventOutcome:
@@ -222,9 +262,12 @@ def service_from_env(env: Mapping[str, str] | None = None) -> Service:
 
 
 def log_report(report: Report) -> None:
-    """One summary line, then the whole report as JSON lines: all searchable in App Insights.
-    The summary is a warning when a vault failed, so alerts can key on it."""
-    level = logging.WARNING if report.failed or report.cut_short else logging.INFO
+    """One summary line, then the report as JSON lines: the counts, the stored report's name
+    and the vaults that changed or failed (each vault also logged its own line as it
+    finished: compliant and skipped ones at debug level). All searchable in App Insights;
+    the summary is a warning when a vault failed, so alerts can key on it."""
+    cut_short = report.cut_short or report.cut_short_subscriptions
+    level = logging.WARNING if report.failed or cut_short else logging.INFO
     context = {
         "kvf_mode": report.mode,
         "kvf_source_version": report.source.get("version"),

@@ -72,8 +72,32 @@ def test_apply_then_apply_again_changes_nothing(env, emulator):
 
     second = cli("apply", env=env)
     assert second.returncode == 0
-    assert "kv-one" in second.stdout and "unchanged" in second.stdout
+    assert "kv-one" not in second.stdout  # the table lists what changed or failed
+    assert "(listed: the vaults that changed or failed: none)" in second.stdout
+    assert "1 vaults (1 unchanged)" in second.stdout.splitlines()[-1]
     assert "0 writes" in second.stdout.splitlines()[-1]
+
+
+def test_every_apply_stores_its_full_report_and_reports_lists_them_newest_first(env, emulator):
+    emulator.add_vault(SUB, "rg", "kv-one")
+    first = json.loads(cli("apply", "--json", env=env).stdout)
+    second = json.loads(cli("apply", "--json", env=env).stdout)
+    assert second["vaults"] == [] and second["vaultsListed"] == "changed or failed"
+
+    listed = cli("reports", env=env)
+    assert listed.returncode == 0
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].split()[2:] == ["cli", second["report"], "1", "unchanged"]
+    assert lines[1].split()[2:] == ["cli", first["report"], "1", "updated"]
+    stored = json.loads(cli("reports", second["report"], env=env).stdout)
+    assert stored["vaultsListed"] == "all"
+    assert [(v["id"].rsplit("/", 1)[-1], v["outcome"]) for v in stored["vaults"]] == [
+        ("kv-one", "unchanged")
+    ]
+    assert stored["counts"] == second["counts"]
+    missing = cli("reports", "20000101T000000Z-cli", env=env)
+    assert missing.returncode == 2 and "no stored report" in missing.stderr
 
 
 def test_plan_prints_a_table_and_never_writes(env, emulator):

@@ -212,6 +212,7 @@ def test_the_app_has_exactly_the_documented_triggers():
         "reconcile_http",
         "plan_http",
         "ranges_http",
+        "reports_http",
     }
     assert bindings["reconcile_timer"] == [
         {
@@ -227,12 +228,17 @@ def test_the_app_has_exactly_the_documented_triggers():
         {"direction": "IN", "type": "eventGridTrigger", "name": "event"}
     ]
     routes = {}
-    for name in ("reconcile_http", "plan_http", "ranges_http"):
+    for name in ("reconcile_http", "plan_http", "ranges_http", "reports_http"):
         trigger, output = bindings[name]
         assert trigger["type"] == "httpTrigger" and trigger["authLevel"] == "FUNCTION"
         assert output == {"direction": "OUT", "type": "http", "name": "$return"}
         routes[trigger["route"]] = trigger["methods"]
-    assert routes == {"reconcile": ["POST"], "plan": ["GET"], "ranges": ["GET"]}
+    assert routes == {
+        "reconcile": ["POST"],
+        "plan": ["GET"],
+        "ranges": ["GET"],
+        "reports/{name?}": ["GET"],
+    }
 
 
 def test_bad_settings_do_not_stop_indexing_and_each_invocation_names_the_setting(tmp_path):
@@ -258,7 +264,7 @@ print(json.dumps({"functions": sorted(functions), "status": response.status_code
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert len(out["functions"]) == 5
+    assert len(out["functions"]) == 6
     assert out["status"] == 500 and "KVF_SUBSCRIPTIONS is required" in out["body"]["error"]
     assert out["timer"].startswith("SettingsError: KVF_SUBSCRIPTIONS is required")
 
@@ -761,8 +767,16 @@ def test_a_run_that_would_outlast_the_http_limit_is_cut_short_and_says_so(
     monkeypatch.setattr(service_module, "HTTP_BUDGET_SECONDS", 1.0)
     status, report = http("POST", "reconcile")
     assert status == 200
-    assert report["cutShort"] == len(report["vaults"]) > 0
-    assert all(v["reason"].startswith("not reached") for v in report["vaults"])
+    # Neither subscription could be listed in time: no vault was reached, and the
+    # subscriptions cut off are counted as such, not as vaults.
+    assert (report["cutShort"], report["cutShortSubscriptions"]) == (0, 2)
+    assert report["counts"]["updated"] == 0 and report["vaults"] == []
+    stored = json.loads(stored_report(report["report"])[1])
+    assert {v["id"] for v in stored["vaults"]} == {
+        f"/subscriptions/{SUB_A}",
+        f"/subscriptions/{SUB_B}",
+    }
+    assert all(v["reason"].startswith("not reached") for v in stored["vaults"])
     assert emulator.writes == 0
 
 
@@ -801,3 +815,64 @@ def test_a_run_with_all_its_workers_busy_keeps_to_one_connection_each(emulator, 
     run_timer()
     assert emulator.writes == 150
     assert emulator.connections <= WORKERS + LISTERS + 4
+
+
+# ---- stored reports ----------------------------------------------------------------------
+
+
+def stored_report(name: str | None = None) -> tuple[int, bytes]:
+    """GET /api/reports or /api/reports/{name}: the status and the raw body."""
+    request = func.HttpRequest(
+        method="GET",
+        url=f"/api/reports/{name or ''}",
+        body=None,
+        route_params={"name": name} if name else {},
+    )
+    response = function("reports_http")(request)
+    assert response.mimetype == "application/json"
+    return response.status_code, response.get_body()
+
+
+def test_runs_over_every_vault_store_their_full_report_and_answer_only_what_matters(
+    emulator, estate, caplog
+):
+    caplog.set_level(logging.INFO, logger="kvfirewall")
+    run_timer()
+    status, answer = http("POST", "reconcile")  # every vault compliant now
+    assert status == 200 and answer["counts"]["unchanged"] == 3
+    assert answer["vaults"] == [] and answer["vaultsListed"] == "changed or failed"
+    # The timer logged the vaults it changed, the HTTP run none: compliant ones stay out.
+    logged = [
+        json.loads(r.getMessage().removeprefix("kvfirewall report "))
+        for r in caplog.records
+        if r.getMessage().startswith('kvfirewall report {"vaults"')
+    ]
+    assert sorted(v["outcome"] for line in logged for v in line["vaults"]) == ["updated"] * 3
+    http("POST", "reconcile", b'{"dryRun": true}')  # a dry run stores nothing
+    http("POST", "reconcile", json.dumps({"vaultId": estate["bare"]}).encode())  # nor one vault
+
+    status, body = stored_report()
+    listed = json.loads(body)["reports"]
+    assert status == 200 and [r["trigger"] for r in listed] == ["http", "timer"]
+    assert listed[0]["name"] == answer["report"] and listed[0]["counts"]["unchanged"] == 3
+    assert listed[1]["counts"]["updated"] == 3
+    status, body = stored_report(answer["report"])
+    full = json.loads(body)
+    assert status == 200 and full["vaultsListed"] == "all"
+    assert sorted(v["outcome"] for v in full["vaults"]) == ["unchanged"] * 3
+
+
+def test_an_unknown_report_is_404(emulator, app_env):
+    for name in ("20250101T000000Z-timer", "../../ledger"):
+        status, body = stored_report(name)
+        assert status == 404 and set(json.loads(body)) == {"error"}
+
+
+def test_a_fault_of_kvfirewalls_own_answers_500_not_503(emulator, estate, monkeypatch):
+    def broken(*args, **kwargs):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    monkeypatch.setattr(service_module, "reconcile", broken)
+    status, body = http("POST", "reconcile")
+    assert status == 500
+    assert body == {"error": "kvfirewall failed (TypeError); see the log"}

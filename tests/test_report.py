@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 from kvfirewall.plan import Change
-from kvfirewall.report import Report, VaultResult
+from kvfirewall.report import Report, ReportSpool, VaultResult
 
 VAULT = "/subscriptions/11111111-1111-1111-1111-111111111111/resourceGroups/rg-app/providers/Microsoft.KeyVault/vaults/kv-app"
 
@@ -95,3 +96,57 @@ def test_the_logged_report_fits_app_insights_trace_lines_and_loses_no_vault():
     assert [v["id"] for v in logged] == [v.id for v in report.vaults]
     assert logged[0]["added"] == [{"rule": c.rule, "why": c.why} for c in rules]
     assert logged[-1]["kept"] == 1000 and logged[-1]["rulesOmitted"] is True
+
+
+def spooled_run(report: Report, n: int) -> None:
+    """`n` vaults as a large run finishes them: every 100th updated, every 1000th failed,
+    each with the foreign rules a locked vault keeps."""
+    kept = tuple(Change(f"52.1.{i}.0/24", "not added by kvfirewall") for i in range(30))
+    for i in range(n):
+        outcome = "failed" if i % 1000 == 999 else "updated" if i % 100 == 0 else "unchanged"
+        report.add(
+            VaultResult(
+                id=VAULT.replace("kv-app", f"kv-{i:05}"), outcome=outcome, reason="r", kept=kept
+            )
+        )
+
+
+def test_a_spooled_report_keeps_counts_and_what_changed_and_stores_every_vault(monkeypatch):
+    monkeypatch.setattr("kvfirewall.report.KEPT_VAULTS", 25)
+    with ReportSpool() as spool:
+        report = Report(mode="enforce", source={"version": "8"}, spool=spool)
+        spooled_run(report, 3000)
+        assert report.counts == {
+            "updated": 30,
+            "unchanged": 2967,
+            "planned": 0,
+            "skipped": 0,
+            "failed": 3,
+        }
+        assert report.total == 3000 and report.failed
+        data = report.to_json()
+        assert data["vaultsListed"] == "changed or failed" and data["vaultsOmitted"] == 8
+        assert [v["outcome"] for v in data["vaults"]] == ["updated"] * 10 + ["failed"] + [
+            "updated"
+        ] * 10 + ["failed"] + ["updated"] * 3
+        full = json.loads(b"".join(report.full_json()))
+    assert full["vaultsListed"] == "all" and full["counts"] == data["counts"]
+    assert [v["id"][-5:] for v in full["vaults"]] == [f"{i:05}" for i in range(3000)]
+    assert "2967 unchanged" in report.summary() and "3000 vaults" in report.summary()
+    assert "and 8 more of them" in report.to_table()
+
+
+def test_a_spooled_report_does_not_grow_with_the_vaults():
+    """What a run over 20,000 compliant vaults leaves in memory: the counts, and a spool that
+    has moved to a temporary file. Holding the results would take tens of MB."""
+    with ReportSpool() as spool:
+        report = Report(mode="enforce", source={"version": "8"}, spool=spool)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            spooled_run(report, 20_000)
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert report.total == 20_000
+    assert grown < 2_500_000  # the spool's memory part (1 MiB) and the 200 kept
