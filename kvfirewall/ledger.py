@@ -18,20 +18,29 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Protocol
 
 from kvfirewall.ranges import Snapshot
-from kvfirewall.settings import StateLocation
+from kvfirewall.report import (
+    ReportInfo,
+    name_candidates,
+    newest_first,
+    parse_report_name,
+    report_info,
+)
+from kvfirewall.settings import DEFAULT_REPORT_DAYS, StateLocation
 
 TABLE_NAME = "kvfirewallledger"
 LEASE_SECONDS = 60  # a Blob lease's longest fixed term; kept renewed while held
 LEASE_POLL_SECONDS = 0.5
 CONTAINER_NAME = "kvfirewall"
 SNAPSHOT_BLOB = "ranges/last-good.json"
+REPORTS = "reports"  # reports/<name>.json, in the directory or the container
 # Storage that is down or hangs should fail a run in seconds, not after the SDKs' minutes of
 # backoff and 60-300 s read timeouts: the next run (or Event Grid's redelivery, which waits only
 # 30 s for an answer) is the better retry. Entries and the snapshot are a few kB.
@@ -114,12 +123,40 @@ class StateStore(Protocol):
         self, vault_key: str, *, wait_seconds: float
     ) -> contextlib.AbstractContextManager[Lease]: ...
 
+    def save_report(self, name: str, chunks: Iterable[bytes], *, counts: Mapping[str, int]) -> str:
+        """Store a run's full report, streamed from `chunks`, as `reports/<name>.json` (or
+        `<name>-2`, ... if that name is taken: never overwritten) with its counts beside it,
+        and delete the reports older than the retention; returns the name it took."""
+        ...
 
-def open_store(location: StateLocation) -> StateStore:
-    """The store for a validated `StateLocation`."""
+    def list_reports(self) -> list[ReportInfo]:
+        """The stored reports, newest first, with their counts (no report is read)."""
+        ...
+
+    def read_report(self, name: str) -> bytes:
+        """A stored report's JSON; `KeyError` when there is none by that name."""
+        ...
+
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def open_store(location: StateLocation, *, report_days: int = DEFAULT_REPORT_DAYS) -> StateStore:
+    """The store for a validated `StateLocation`, keeping reports for `report_days`."""
     if location.kind == "local":
-        return LocalStore(Path(location.value))
-    return AzureStore(location)
+        return LocalStore(Path(location.value), report_days=report_days)
+    return AzureStore(location, report_days=report_days)
+
+
+def _expired(name: str, now: datetime, report_days: int) -> bool:
+    """Whether a report (by its name's time) is older than the retention; other names never
+    are: nothing but kvfirewall's own reports is deleted."""
+    parsed = parse_report_name(name)
+    return parsed is not None and parsed[0] < now - timedelta(days=report_days)
 
 
 def _row_key(vault_key: str) -> str:
@@ -182,8 +219,12 @@ class _KeptBlobLease:
 class LocalStore:
     """A directory: one JSON file per vault, written atomically (write, fsync, rename)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, *, report_days: int = DEFAULT_REPORT_DAYS, clock: Clock = _utc_now
+    ) -> None:
         self.root = root
+        self.report_days = report_days
+        self._clock = clock
 
     def describe(self) -> str:
         return f"directory {self.root}"
@@ -234,6 +275,64 @@ class LocalStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def save_report(self, name: str, chunks: Iterable[bytes], *, counts: Mapping[str, int]) -> str:
+        """The report is written to a temporary file first; then the name is taken by
+        creating its counts file exclusively (`<name>.counts`), and the report moved into
+        place: a listed report always has its counts, and is always complete."""
+        folder = self.root / REPORTS
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            for taken in name_candidates(name):
+                try:
+                    with open(folder / f"{taken}.counts", "x", encoding="ascii") as handle:
+                        json.dump(dict(counts), handle)
+                        handle.flush()
+                        os.fsync(handle.fileno())
+                except FileExistsError:
+                    continue
+                os.replace(tmp, folder / f"{taken}.json")
+                break
+            else:
+                raise FileExistsError(f"every name for report {name} is taken")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._prune(folder)
+        return taken
+
+    def _prune(self, folder: Path) -> None:
+        now = self._clock()
+        for path in sorted(folder.iterdir(), key=lambda p: p.suffix != ".json"):  # reports first
+            if path.suffix in (".json", ".counts") and _expired(path.stem, now, self.report_days):
+                path.unlink(missing_ok=True)
+
+    def list_reports(self) -> list[ReportInfo]:
+        folder = self.root / REPORTS
+        found = []
+        for path in folder.glob("*.json") if folder.is_dir() else ():
+            try:
+                counts = json.loads((folder / f"{path.stem}.counts").read_text("ascii"))
+            except (OSError, ValueError):  # pruned meanwhile, or not one of ours
+                continue
+            info = report_info(path.stem, counts)
+            if info is not None:
+                found.append(info)
+        return newest_first(found)
+
+    def read_report(self, name: str) -> bytes:
+        if parse_report_name(name) is None:
+            raise KeyError(name)
+        try:
+            return (self.root / REPORTS / f"{name}.json").read_bytes()
+        except FileNotFoundError:
+            raise KeyError(name) from None
+
 
 def _atomic_write(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -258,11 +357,15 @@ class AzureStore:
         *,
         table: str = TABLE_NAME,
         container: str = CONTAINER_NAME,
+        report_days: int = DEFAULT_REPORT_DAYS,
+        clock: Clock = _utc_now,
     ) -> None:
         from azure.data.tables import TableServiceClient
         from azure.storage.blob import BlobServiceClient
 
         self._location = location
+        self.report_days = report_days
+        self._clock = clock
         if location.kind == "identity":
             from azure.identity import DefaultAzureCredential
 
@@ -374,3 +477,73 @@ class AzureStore:
             yield lease
         finally:
             lease.release()
+
+    def save_report(self, name: str, chunks: Iterable[bytes], *, counts: Mapping[str, int]) -> str:
+        """The name is taken by creating an empty blob that must not exist yet; then the
+        report is uploaded over it in blocks, with its counts as the blob's metadata. A blob
+        without that metadata is a report being written (or whose writer died): not listed."""
+        from azure.core.exceptions import ResourceExistsError
+        from azure.storage.blob import ContentSettings
+
+        for taken in name_candidates(name):
+            blob = self._container.get_blob_client(f"{REPORTS}/{taken}.json")
+            try:
+                self._created(lambda blob=blob: blob.upload_blob(b"", overwrite=False))
+            except ResourceExistsError:
+                continue
+            break
+        else:
+            raise FileExistsError(f"every name for report {name} is taken")
+        blob.upload_blob(
+            (bytes(chunk) for chunk in chunks),
+            overwrite=True,
+            metadata={"counts": json.dumps(dict(counts), separators=(",", ":"))},
+            content_settings=ContentSettings(content_type="application/json"),
+        )
+        self._prune()
+        return taken
+
+    def _report_blobs(self, *, metadata: bool) -> Iterator[tuple[str, dict[str, str]]]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        prefix = f"{REPORTS}/"
+        try:
+            for blob in self._container.list_blobs(
+                name_starts_with=prefix, include=["metadata"] if metadata else None
+            ):
+                if blob.name.endswith(".json"):
+                    yield blob.name[len(prefix) : -len(".json")], blob.metadata or {}
+        except ResourceNotFoundError:  # no container yet
+            return
+
+    def _prune(self) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        now = self._clock()
+        for name, _ in list(self._report_blobs(metadata=False)):
+            if _expired(name, now, self.report_days):
+                with contextlib.suppress(ResourceNotFoundError):  # pruned by another run
+                    self._container.delete_blob(f"{REPORTS}/{name}.json")
+
+    def list_reports(self) -> list[ReportInfo]:
+        found = []
+        for name, metadata in self._report_blobs(metadata=True):
+            if "counts" not in metadata:  # being written
+                continue
+            info = report_info(name, json.loads(metadata["counts"]))
+            if info is not None:
+                found.append(info)
+        return newest_first(found)
+
+    def read_report(self, name: str) -> bytes:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if parse_report_name(name) is None:
+            raise KeyError(name)
+        try:
+            download = self._container.download_blob(f"{REPORTS}/{name}.json")
+        except ResourceNotFoundError:
+            raise KeyError(name) from None
+        if "counts" not in (download.properties.metadata or {}):  # being written
+            raise KeyError(name)
+        return download.readall()

@@ -7,13 +7,74 @@ in a terminal is exactly what a pipeline parses.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal, get_args
 
-from kvfirewall.plan import Change
+if TYPE_CHECKING:  # the store imports this module, and the planner imports the store
+    from kvfirewall.plan import Change
 
 OUTCOMES = ("updated", "unchanged", "planned", "skipped", "failed")
 LOG_LINE_CHARS = 30_000  # below App Insights' 32 KiB trace message limit
+
+Trigger = Literal["timer", "http", "cli"]
+TRIGGERS: tuple[Trigger, ...] = get_args(Trigger)
+_NAME_TIME = "%Y%m%dT%H%M%SZ"
+_REPORT_NAME = re.compile(r"(\d{8}T\d{6}Z)-(timer|http|cli)(?:-([1-9]\d{0,5}))?")
+
+
+@dataclass(frozen=True)
+class ReportInfo:
+    """A stored report as listed: its name, when its run started, what started it, and its
+    counts (read without reading the report)."""
+
+    name: str  # <YYYYMMDDTHHMMSSZ>-<trigger>, with -2, -3, ... when that name was taken
+    time: datetime  # UTC
+    trigger: Trigger
+    counts: dict[str, int]
+
+
+def report_name(started: datetime, trigger: Trigger) -> str:
+    """The name a run's report is stored under (the store adds a suffix if it is taken)."""
+    return f"{started.astimezone(UTC).strftime(_NAME_TIME)}-{trigger}"
+
+
+def parse_report_name(name: str) -> tuple[datetime, Trigger, int] | None:
+    """(time, trigger, n) of a report name, n being 1 without a suffix; None for any other
+    name, so that nothing but a report name ever becomes a path or a blob name."""
+    match = _REPORT_NAME.fullmatch(name)
+    if match is None:
+        return None
+    try:
+        time = datetime.strptime(match[1], _NAME_TIME).replace(tzinfo=UTC)
+    except ValueError:  # 20251399T...
+        return None
+    return time, match[2], int(match[3] or 1)  # type: ignore[return-value]
+
+
+def report_info(name: str, counts: dict[str, int]) -> ReportInfo | None:
+    """The listing entry of a stored report, or None if `name` is not a report name."""
+    parsed = parse_report_name(name)
+    if parsed is None:
+        return None
+    return ReportInfo(name=name, time=parsed[0], trigger=parsed[1], counts=counts)
+
+
+def newest_first(reports: list[ReportInfo]) -> list[ReportInfo]:
+    """By start time, and within one second by suffix: the last stored first."""
+
+    def key(info: ReportInfo) -> tuple[datetime, int]:
+        parsed = parse_report_name(info.name)
+        return (info.time, parsed[2] if parsed else 0)
+
+    return sorted(reports, key=key, reverse=True)
+
+
+def name_candidates(name: str, *, limit: int = 1000) -> list[str]:
+    """`name`, then `name-2`, `name-3`, ...: the names a report may take, in order."""
+    return [name] + [f"{name}-{n}" for n in range(2, limit + 1)]
 
 
 @dataclass(frozen=True, kw_only=True)

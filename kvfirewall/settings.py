@@ -29,6 +29,7 @@ MODES = ("audit", "enforce")
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 DEFAULT_LOCAL_STATE = "./.kvfirewall"
 DEFAULT_SCHEDULE = "0 0 * * * *"  # hourly, on the hour
+DEFAULT_REPORT_DAYS = 30
 _REGION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}\Z")  # also the Discovery API location
 _TAG_NAME_RE = re.compile(r"^[^<>%&\\?/]{1,512}$")
 
