@@ -9,14 +9,14 @@ same numbers. Nothing here calls Resource Manager.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, Protocol, get_args
+from typing import Literal, get_args
 
 from kvfirewall.api import BadRequest
 from kvfirewall.ledger import LedgerEntry
+from kvfirewall.report import ReportInfo
 
 Outcome = Literal["updated", "unchanged", "planned", "skipped", "failed"]
 SortKey = Literal["outcome", "vault", "changes"]
@@ -30,23 +30,8 @@ SEVERITY: dict[str, int] = {"failed": 0, "planned": 1, "skipped": 2, "updated": 
 PAGE_SIZE = 200
 CHART_DAYS = 30
 RECENT_RUNS = 20
-# A stored report's name: `<YYYYMMDDTHHMMSSZ>-<trigger>`. Strict, so an id from a URL can never
-# name anything else in the store (no `/`, `..` or encodings get through).
-RUN_ID = re.compile(r"\A\d{8}T\d{6}Z-(?:timer|http|cli)\Z")
 REFUSED_SOURCE = "IP source refused"
-
-
-class RunInfo(Protocol):
-    """What the store says about one stored report without reading it."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def time(self) -> datetime: ...
-    @property
-    def trigger(self) -> str: ...
-    @property
-    def counts(self) -> Mapping[str, int]: ...
+VAULTS = "/providers/Microsoft.KeyVault/vaults/"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,7 +162,7 @@ class Status:
 
 
 def source_since(
-    runs: Sequence[RunInfo], version: str, version_of: Callable[[str], str | None]
+    runs: Sequence[ReportInfo], version: str, version_of: Callable[[str], str | None]
 ) -> tuple[datetime | None, bool]:
     """When the stored runs first used `version`: the oldest run of the newest streak that
     carries it, found by bisection (versions only grow, so the streak is one block), reading
@@ -215,7 +200,7 @@ def select_vaults(report: Mapping | None, query: StatusQuery) -> tuple[list[dict
 def build_status(
     *,
     now: datetime,
-    runs: Sequence[RunInfo],
+    runs: Sequence[ReportInfo],
     report: Mapping | None,
     query: StatusQuery,
     page: Sequence[Mapping],
@@ -263,14 +248,27 @@ def _vaults(report: Mapping | None) -> list[dict]:
 
 def _vault_key(vault: Mapping) -> tuple[str, str]:
     vault_id = str(vault.get("id", ""))
-    return vault_id.rsplit("/", 1)[-1].lower(), vault_id.lower()
+    return _id_parts(vault_id)[2].lower(), vault_id.lower()
+
+
+def _id_parts(vault_id: str) -> tuple[str, str, str]:
+    """(subscription, resource group, name) of a vault id; the name is all that follows
+    `/vaults/`, so a name holding a `/` (a tampered report) is shown whole."""
+    head, marker, name = vault_id.partition(VAULTS)
+    if not marker:
+        head, marker, name = vault_id.lower().partition(VAULTS.lower())
+        name = vault_id[len(head) + len(marker) :]
+    parts = head.split("/")
+    if not marker or len(parts) < 5:
+        return "", "", vault_id
+    return parts[2], vault_id[len("/".join(parts[:4])) + 1 : len(head)], name
 
 
 def _change_count(vault: Mapping) -> int:
     return sum(len(vault.get(k) or ()) for k in ("added", "removed", "access"))
 
 
-def _run_row(run: RunInfo) -> RunRow:
+def _run_row(run: ReportInfo) -> RunRow:
     return RunRow(name=run.name, time=run.time, trigger=run.trigger, counts=dict(run.counts))
 
 
@@ -325,7 +323,7 @@ def _notices(report: Mapping) -> list[Notice]:
 
 def _vault_row(vault: Mapping, entry: LedgerEntry | None) -> VaultRow:
     vault_id = str(vault.get("id", ""))
-    parts = vault_id.split("/")
+    subscription, group, name = _id_parts(vault_id)
     rules: list[RuleView] = []
     seen: set[str] = set()
     for change, owner in (
@@ -350,9 +348,9 @@ def _vault_row(vault: Mapping, entry: LedgerEntry | None) -> VaultRow:
     error = vault.get("error")
     return VaultRow(
         id=vault_id,
-        name=parts[-1] if len(parts) >= 9 else vault_id,
-        resource_group=parts[4] if len(parts) >= 9 else "",
-        subscription=parts[2] if len(parts) >= 9 else "",
+        name=name,
+        resource_group=group,
+        subscription=subscription,
         outcome=str(vault.get("outcome", "")),
         reason=str(vault.get("reason", "")),
         error=None if error is None else str(error),

@@ -90,6 +90,7 @@ def render_status_page(status: Status, *, nonce: str, key: str | None = None) ->
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         '<meta name="referrer" content="no-referrer">',
+        '<link rel="icon" href="data:,">',  # no favicon request to the app
         "<title>kvfirewall status</title>",
         f'<style nonce="{_e(nonce)}">{STYLE}</style></head><body>',
         "<header><h1>kvfirewall status</h1>",

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from kvfirewall.ledger import LedgerEntry
+from kvfirewall.report import parse_report_name
 from kvfirewall.status import (
-    RUN_ID,
     Status,
     StatusQuery,
     build_status,
@@ -86,7 +86,7 @@ def read_status(store, query: StatusQuery, *, now: datetime) -> Status:
 
 def read_run(store, run_id: str) -> bytes | None:
     """A stored report's JSON by its id, or None when the id is not one or there is none."""
-    if not RUN_ID.match(run_id):
+    if parse_report_name(run_id) is None:
         return None
     try:
         return store.read_report(run_id)

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from kvfirewall.plan import Change
-from kvfirewall.report import Report, VaultResult
+from kvfirewall.report import Report, ReportInfo, VaultResult
 
-NOW = datetime(2025, 11, 28, 9, 30, tzinfo=timezone.utc)
+# Relative to the real time: the page's chart and the stores' retention read the clock.
+NOW = datetime.now(timezone.utc).replace(second=0, microsecond=0)
 SUB = "6f1c2a8e-4b7d-4c1e-9a53-2d8e0f4b7a10"
 HOSTILE_NAMES = (
     "<script>document.title='owned'</script>",
@@ -21,16 +20,6 @@ HOSTILE_NAMES = (
     "<img src=x onerror=alert(1)>",
     "x" * 10_000,
 )
-
-
-@dataclass(frozen=True)
-class Run:
-    """A stored report as the store lists it (the `ReportInfo` shape)."""
-
-    name: str
-    time: datetime
-    trigger: str
-    counts: Mapping[str, int] = field(default_factory=dict)
 
 
 def run_name(moment: datetime, trigger: str = "timer") -> str:
@@ -102,7 +91,7 @@ def estate(count: int, *, seed: int = 15) -> list[VaultResult]:
     ]
 
 
-def history(days: int = 40, *, every_hours: int = 6, seed: int = 15) -> list[Run]:
+def history(days: int = 40, *, every_hours: int = 6, seed: int = 15) -> list[ReportInfo]:
     """Timer runs over the last `days`, newest first, with changes and some failures."""
     rng = random.Random(seed)
     runs = []
@@ -115,6 +104,6 @@ def history(days: int = 40, *, every_hours: int = 6, seed: int = 15) -> list[Run
             "skipped": 6,
             "failed": rng.choice((0, 0, 0, 0, 1, 3)),
         }
-        runs.append(Run(run_name(moment), moment, "timer", counts))
+        runs.append(ReportInfo(run_name(moment), moment, "timer", counts))
         moment -= timedelta(hours=every_hours)
     return runs

@@ -212,6 +212,8 @@ def test_the_app_has_exactly_the_documented_triggers():
         "reconcile_http",
         "plan_http",
         "ranges_http",
+        "status_http",
+        "run_http",
     }
     assert bindings["reconcile_timer"] == [
         {
@@ -227,12 +229,18 @@ def test_the_app_has_exactly_the_documented_triggers():
         {"direction": "IN", "type": "eventGridTrigger", "name": "event"}
     ]
     routes = {}
-    for name in ("reconcile_http", "plan_http", "ranges_http"):
+    for name in ("reconcile_http", "plan_http", "ranges_http", "status_http", "run_http"):
         trigger, output = bindings[name]
         assert trigger["type"] == "httpTrigger" and trigger["authLevel"] == "FUNCTION"
         assert output == {"direction": "OUT", "type": "http", "name": "$return"}
         routes[trigger["route"]] = trigger["methods"]
-    assert routes == {"reconcile": ["POST"], "plan": ["GET"], "ranges": ["GET"]}
+    assert routes == {
+        "reconcile": ["POST"],
+        "plan": ["GET"],
+        "ranges": ["GET"],
+        "status": ["GET"],
+        "runs/{id}": ["GET"],
+    }
 
 
 def test_bad_settings_do_not_stop_indexing_and_each_invocation_names_the_setting(tmp_path):
