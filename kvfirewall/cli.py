@@ -34,11 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         ("ranges", "show what would be allowed, and from which source version"),
         ("plan", "dry run: report what apply would change (never writes)"),
         ("apply", "reconcile the vaults (writes)"),
+        ("status", "what the stored runs say: every vault's state, the last runs, the source"),
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--json", action="store_true", help="print the JSON report")
         command.add_argument("-v", "--verbose", action="store_true", help="log every vault")
-        if name != "ranges":
+        if name in ("plan", "apply"):
             command.add_argument("--vault", metavar="ID", help="only this vault (resource id)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "ranges":
             return _ranges(service.ranges(), as_json=args.json)
+        if args.command == "status":
+            return _status(service, as_json=args.json)
         write = args.command == "apply"
         report = service.run(
             write=write, mode="enforce" if write else "plan", vault=vault, progress=progress
@@ -90,6 +93,17 @@ def _ranges(data: dict, *, as_json: bool) -> int:
     for warning in data["warnings"]:
         print(f"warning: {warning}")
     print(f"{len(data['ipRules'])} IPv4 rules, {len(data['virtualNetworkRules'])} subnet rules")
+    return 0
+
+
+def _status(service: Service, *, as_json: bool) -> int:
+    from datetime import UTC, datetime
+
+    from kvfirewall.status import StatusQuery, status_json, status_text
+    from kvfirewall.status_store import read_status
+
+    status = read_status(service.store, StatusQuery(), now=datetime.now(UTC))
+    print(json.dumps(status_json(status), indent=2) if as_json else status_text(status))
     return 0
 
 

@@ -253,3 +253,26 @@ def test_json_and_text_show_the_same_numbers():
     assert f"version 8 (unchanged), since {NOW - timedelta(days=3):%Y-%m-%d %H:%M}" in text
     assert len(data["vaults"]) == PAGE_SIZE and data["pages"] == 2
     assert "leases" not in data
+
+
+def test_the_cli_prints_the_stored_runs_status(tmp_path, monkeypatch, capsys):
+    from kvfirewall.cli import main
+    from tests.browser import store_runs
+    from tests.status_data import SUB
+
+    runs = history(days=3)
+    stored = report(estate(40), mode="audit")
+    store_runs(tmp_path, runs, {runs[0].name: stored})
+    monkeypatch.setenv("KVF_SUBSCRIPTIONS", SUB)
+    monkeypatch.setenv("KVF_ADO_GEOGRAPHIES", "Europe")
+    monkeypatch.setenv("KVF_STATE", str(tmp_path))
+    assert main(["status"]) == 0
+    text = capsys.readouterr().out
+    c = stored.counts
+    assert f"kvfirewall status: run {runs[0].name} (audit)" in text
+    assert (
+        f"40 vaults in scope: {c['unchanged'] + c['updated']} compliant, {c['planned']} drifted"
+    ) in text
+    assert main(["status", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["summary"]["failed"] == c["failed"] and len(data["runs"]) == len(runs)
