@@ -62,6 +62,7 @@ th,td{text-align:left;padding:5px 8px;border-bottom:1px solid var(--line);vertic
 th{background:var(--bg);font-weight:600}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 td,td *{overflow-wrap:anywhere}
+td.vault{min-width:15ch}
 .out{font-weight:600}
 .out-failed{color:var(--bad)}.out-planned{color:var(--warn)}.out-skipped{color:var(--muted)}
 .out-updated,.out-unchanged{color:var(--ok)}
