@@ -32,6 +32,13 @@ DEFAULT_SCHEDULE = "0 0 * * * *"  # hourly, on the hour
 DEFAULT_REPORT_DAYS = 30
 _REGION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}\Z")  # also the Discovery API location
 _TAG_NAME_RE = re.compile(r"^[^<>%&\\?/]{1,512}$")
+MAX_REPORT_DAYS = 3650
+_FIELD_KEY_RE = re.compile(r"[A-Za-z]+\Z")
+_CONNECTION_KEYS = frozenset(
+    {"defaultendpointsprotocol", "accountname", "accountkey", "sharedaccesssignature",
+     "blobendpoint", "tableendpoint", "queueendpoint", "fileendpoint", "endpointsuffix",
+     "usedevelopmentstorage", "developmentstorageproxyuri"}
+)  # fmt: skip
 
 # name -> (meaning, default shown to people); the product's interface, also read by the docs tests.
 SETTINGS: dict[str, tuple[str, str]] = {
@@ -59,6 +66,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "largest share of AzureDevOps IPv4 prefixes a refresh may drop before it is refused",
         "20",
     ),
+    "KVF_REPORT_DAYS": ("days a stored run report is kept", str(DEFAULT_REPORT_DAYS)),
 }
 
 # Read by the Functions host (`%KVF_SCHEDULE%` in the timer binding), not by `Settings`: the
@@ -110,6 +118,7 @@ class Settings:
     arm_endpoint: str = DEFAULT_ARM_ENDPOINT
     state: StateLocation = StateLocation(kind="local", value=DEFAULT_LOCAL_STATE)
     max_range_loss_percent: float = 20.0
+    report_days: int = DEFAULT_REPORT_DAYS
 
     @property
     def all_regions(self) -> tuple[str, ...]:
@@ -174,6 +183,7 @@ class Settings:
             arm_endpoint=_parse_arm_endpoint(get("KVF_ARM_ENDPOINT") or DEFAULT_ARM_ENDPOINT),
             state=_parse_state(env),
             max_range_loss_percent=_parse_percent(get("KVF_MAX_RANGE_LOSS_PERCENT") or "20"),
+            report_days=_parse_days(get("KVF_REPORT_DAYS") or str(DEFAULT_REPORT_DAYS)),
         )
 
 
@@ -318,6 +328,25 @@ def _parse_percent(value: str) -> float:
     return percent
 
 
+def _parse_days(value: str) -> int:
+    days = int(value) if value.isascii() and value.isdigit() else 0
+    if not 1 <= days <= MAX_REPORT_DAYS:
+        raise SettingsError(
+            f"KVF_REPORT_DAYS: {value!r} is not a whole number of days from 1 to {MAX_REPORT_DAYS}"
+        )
+    return days
+
+
+def _is_connection_string(value: str) -> bool:
+    """Whether a storage setting is a connection string rather than a directory (whose path
+    may hold `=` and `;` too): every `;`-separated part is `Key=value` with a plain word as
+    the key, and there are several parts or the key is one a connection string has."""
+    fields = [part.partition("=") for part in value.split(";") if part.strip()]
+    if not fields or not all(sep and _FIELD_KEY_RE.match(key.strip()) for key, sep, _ in fields):
+        return False
+    return len(fields) > 1 or fields[0][0].strip().lower() in _CONNECTION_KEYS
+
+
 def _connection_fields(connection_string: str) -> dict[str, str]:
     fields = {}
     for part in connection_string.split(";"):
@@ -336,7 +365,7 @@ def _parse_state(env: Mapping[str, str]) -> StateLocation:
     """
     for source in ("KVF_STATE", "AzureWebJobsStorage"):
         value = env.get(source, "").strip()
-        if value and "=" in value:
+        if value and _is_connection_string(value):
             return StateLocation(kind="connection-string", value=_check_connection(source, value))
         if value:
             return StateLocation(kind="local", value=value)

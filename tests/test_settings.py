@@ -120,6 +120,10 @@ def test_a_secret_in_the_ip_source_url_is_never_echoed():
         ({"KVF_ARM_ENDPOINT": "https://[x"}, "KVF_ARM_ENDPOINT: 'https://[x' is not a valid URL"),
         ({"KVF_ARM_ENDPOINT": "https://u:pw@management.azure.com"}, "must not carry a user name"),
         ({"KVF_ARM_ENDPOINT": "https://management.azure.com/?x=1"}, "must not have a query string"),
+        ({"KVF_REPORT_DAYS": "0"}, "KVF_REPORT_DAYS: '0' is not a whole number of days from 1"),
+        ({"KVF_REPORT_DAYS": "1.5"}, "KVF_REPORT_DAYS: '1.5' is not a whole number"),
+        ({"KVF_REPORT_DAYS": "99999"}, "KVF_REPORT_DAYS: '99999' is not a whole number"),
+        ({"KVF_STATE": "AccountName=acct"}, "KVF_STATE: not a valid Azure Storage"),
     ],
 )
 def test_bad_values_are_named_in_one_message(values, expected):
@@ -153,6 +157,7 @@ def test_every_documented_setting_is_read(monkeypatch):
         "KVF_ARM_ENDPOINT": "https://management.usgovcloudapi.net",
         "KVF_STATE": "/var/kvf",
         "KVF_MAX_RANGE_LOSS_PERCENT": "5",
+        "KVF_REPORT_DAYS": "7",
         "KVF_ADO_GEOGRAPHIES": "India",
         "KVF_SUBSCRIPTIONS": "00000000-0000-0000-0000-00000000000b",
     }
@@ -176,3 +181,24 @@ def test_no_error_message_echoes_a_secret(name, value):
         load(**{name: value})
     assert "S3CRET" not in str(caught.value)
     assert str(caught.value).startswith(name)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/var/kvf/a=b", "./state=1", r"C:\kvf\run=2;copy=3", "/srv/x;y=z", "/data/AccountName=x"],
+)
+def test_a_directory_whose_path_holds_an_equals_sign_is_a_directory(path):
+    state = load(KVF_STATE=path).state
+    assert (state.kind, state.value) == ("local", path)
+
+
+def test_a_connection_string_is_known_by_its_fields():
+    azurite = "UseDevelopmentStorage=true"
+    assert load(KVF_STATE=azurite).state.kind == "connection-string"
+    sas = "BlobEndpoint=https://a.blob.core.windows.net;TableEndpoint=https://a.table.core.windows.net;SharedAccessSignature=sv=1&sig=x"
+    assert load(KVF_STATE=sas).state.kind == "connection-string"
+
+
+def test_reports_are_kept_thirty_days_unless_set():
+    assert load().report_days == 30
+    assert load(KVF_REPORT_DAYS=" 90 ").report_days == 90
