@@ -13,9 +13,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 
-import function_app
 from kvfirewall.ledger import LocalStore
 from kvfirewall.report import Report, ReportInfo
+from tests.app_functions import FUNCTIONS
 
 CHROMIUM = "/usr/bin/chromium"
 # Root in a container needs --no-sandbox; the rest keeps Chromium off the network.
@@ -27,7 +27,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-FUNCTIONS = {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
 
 
 def store_runs(root: Path, runs: Sequence[ReportInfo], reports: dict[str, Report]) -> LocalStore:
@@ -61,7 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers=dict(self.headers),
             body=b"",
         )
-        response = FUNCTIONS[name](request)
+        response = FUNCTIONS[name].get_user_function()(request)
         body = response.get_body()
         self.send_response(response.status_code)
         for key, value in response.headers.items():
