@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         ("plan", "dry run: report what apply would change (never writes)"),
         ("apply", "reconcile the vaults (writes) and store the report"),
         ("reports", "list the stored reports, newest first, or print one"),
+        ("status", "what the stored runs say: every vault's state, the last runs, the source"),
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--json", action="store_true", help="print JSON")
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             return _ranges(service.ranges(), as_json=args.json)
         if args.command == "reports":
             return _reports(service, args.name, as_json=args.json)
+        if args.command == "status":
+            return _status(service, as_json=args.json)
         write = args.command == "apply"
         report = service.run(
             write=write,
@@ -131,6 +134,17 @@ def _ranges(data: dict, *, as_json: bool) -> int:
     for warning in data["warnings"]:
         print(f"warning: {warning}")
     print(f"{len(data['ipRules'])} IPv4 rules, {len(data['virtualNetworkRules'])} subnet rules")
+    return 0
+
+
+def _status(service: Service, *, as_json: bool) -> int:
+    from datetime import datetime, timezone
+
+    from kvfirewall.status import StatusQuery, status_json, status_text
+    from kvfirewall.status_store import read_status
+
+    status = read_status(service.store, StatusQuery(), now=datetime.now(timezone.utc))
+    print(json.dumps(status_json(status), indent=2) if as_json else status_text(status))
     return 0
 
 

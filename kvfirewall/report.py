@@ -14,7 +14,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:  # the store imports this module, and the planner imports the store
@@ -48,7 +48,7 @@ class ReportInfo:
 
 def report_name(started: datetime, trigger: Trigger) -> str:
     """The name a run's report is stored under (the store adds a suffix if it is taken)."""
-    return f"{started.astimezone(UTC).strftime(_NAME_TIME)}-{trigger}"
+    return f"{started.astimezone(timezone.utc).strftime(_NAME_TIME)}-{trigger}"
 
 
 def parse_report_name(name: str) -> tuple[datetime, Trigger, int] | None:
@@ -58,7 +58,7 @@ def parse_report_name(name: str) -> tuple[datetime, Trigger, int] | None:
     if match is None:
         return None
     try:
-        time = datetime.strptime(match[1], _NAME_TIME).replace(tzinfo=UTC)
+        time = datetime.strptime(match[1], _NAME_TIME).replace(tzinfo=timezone.utc)
     except ValueError:  # 20251399T...
         return None
     return time, match[2], int(match[3] or 1)  # type: ignore[return-value]

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 from kvfirewall.api import ReconcileRequest
 from kvfirewall.clouds import default_credential
@@ -63,7 +63,7 @@ class Service:
         *,
         store: StateStore,
         credential=None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self.settings = settings
         self.store = store

@@ -22,10 +22,10 @@ from azure.functions.eventgrid import EventGridEventInConverter
 from azure.functions.meta import Datum
 from azure.functions.timer import TimerRequest
 
-import function_app
 from kvfirewall import service as service_module
 from kvfirewall.service import RetryLater
 from kvfirewall.settings import DEFAULT_SCHEDULE
+from tests.app_functions import FUNCTIONS  # as the host indexes the app, once per process
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -55,10 +55,6 @@ def europe() -> set[IPv4Network]:
 
 
 WANTED = europe() | {IPv4Network("52.10.20.30/32")}
-
-
-# As the host indexes the app (once: indexing twice fails on "duplicate" names).
-FUNCTIONS = {f.get_function_name(): f for f in function_app.app.get_functions()}
 
 
 def function(name: str):
@@ -213,6 +209,8 @@ def test_the_app_has_exactly_the_documented_triggers():
         "plan_http",
         "ranges_http",
         "reports_http",
+        "status_http",
+        "run_http",
     }
     assert bindings["reconcile_timer"] == [
         {
@@ -228,7 +226,14 @@ def test_the_app_has_exactly_the_documented_triggers():
         {"direction": "IN", "type": "eventGridTrigger", "name": "event"}
     ]
     routes = {}
-    for name in ("reconcile_http", "plan_http", "ranges_http", "reports_http"):
+    for name in (
+        "reconcile_http",
+        "plan_http",
+        "ranges_http",
+        "reports_http",
+        "status_http",
+        "run_http",
+    ):
         trigger, output = bindings[name]
         assert trigger["type"] == "httpTrigger" and trigger["authLevel"] == "FUNCTION"
         assert output == {"direction": "OUT", "type": "http", "name": "$return"}
@@ -238,6 +243,8 @@ def test_the_app_has_exactly_the_documented_triggers():
         "plan": ["GET"],
         "ranges": ["GET"],
         "reports/{name?}": ["GET"],
+        "status": ["GET"],
+        "runs/{id}": ["GET"],
     }
 
 
@@ -264,7 +271,7 @@ print(json.dumps({"functions": sorted(functions), "status": response.status_code
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert len(out["functions"]) == 6
+    assert len(out["functions"]) == 8
     assert out["status"] == 500 and "KVF_SUBSCRIPTIONS is required" in out["body"]["error"]
     assert out["timer"].startswith("SettingsError: KVF_SUBSCRIPTIONS is required")
 

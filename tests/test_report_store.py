@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -13,7 +13,7 @@ from kvfirewall.ledger import AzureStore, LocalStore
 from kvfirewall.report import ReportInfo, report_name
 from kvfirewall.settings import StateLocation
 
-NOW = datetime(2025, 11, 30, 12, 0, 5, tzinfo=UTC)
+NOW = datetime(2025, 11, 30, 12, 0, 5, tzinfo=timezone.utc)
 COUNTS = {"updated": 2, "unchanged": 9998, "failed": 1, "outOfScope": 3}
 
 
