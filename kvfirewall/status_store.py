@@ -84,6 +84,22 @@ def read_status(store, query: StatusQuery, *, now: datetime) -> Status:
     )
 
 
+def list_runs(store) -> dict:
+    """The stored runs' reports, newest first: `{"runs": [{"id", "time", "trigger",
+    "counts"}]}`, the id being what `read_run` takes."""
+    return {
+        "runs": [
+            {
+                "id": info.name,
+                "time": info.time.isoformat(),
+                "trigger": info.trigger,
+                "counts": info.counts,
+            }
+            for info in store.list_reports()
+        ]
+    }
+
+
 def read_run(store, run_id: str) -> bytes | None:
     """A stored report's JSON by its id, or None when the id is not one or there is none."""
     if parse_report_name(run_id) is None:

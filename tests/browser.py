@@ -48,7 +48,7 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/api/status":
             name, route_params = "status_http", {}
         elif url.path.startswith("/api/runs/"):
-            name, route_params = "run_http", {"id": url.path.removeprefix("/api/runs/")}
+            name, route_params = "runs_http", {"id": url.path.removeprefix("/api/runs/")}
         else:
             self.send_error(404)
             return

@@ -80,7 +80,6 @@ def test_importing_the_function_app_reads_no_setting_and_loads_no_sdk():
         "reconcile_event",
         "reconcile_http",
         "reconcile_timer",
-        "reports_http",
-        "run_http",
+        "runs_http",
         "status_http",
     ]

@@ -208,9 +208,8 @@ def test_the_app_has_exactly_the_documented_triggers():
         "reconcile_http",
         "plan_http",
         "ranges_http",
-        "reports_http",
         "status_http",
-        "run_http",
+        "runs_http",
     }
     assert bindings["reconcile_timer"] == [
         {
@@ -230,9 +229,8 @@ def test_the_app_has_exactly_the_documented_triggers():
         "reconcile_http",
         "plan_http",
         "ranges_http",
-        "reports_http",
         "status_http",
-        "run_http",
+        "runs_http",
     ):
         trigger, output = bindings[name]
         assert trigger["type"] == "httpTrigger" and trigger["authLevel"] == "FUNCTION"
@@ -242,9 +240,8 @@ def test_the_app_has_exactly_the_documented_triggers():
         "reconcile": ["POST"],
         "plan": ["GET"],
         "ranges": ["GET"],
-        "reports/{name?}": ["GET"],
         "status": ["GET"],
-        "runs/{id}": ["GET"],
+        "runs/{id?}": ["GET"],
     }
 
 
@@ -271,7 +268,7 @@ print(json.dumps({"functions": sorted(functions), "status": response.status_code
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert len(out["functions"]) == 8
+    assert len(out["functions"]) == 7
     assert out["status"] == 500 and "KVF_SUBSCRIPTIONS is required" in out["body"]["error"]
     assert out["timer"].startswith("SettingsError: KVF_SUBSCRIPTIONS is required")
 
@@ -828,14 +825,14 @@ def test_a_run_with_all_its_workers_busy_keeps_to_one_connection_each(emulator, 
 
 
 def stored_report(name: str | None = None) -> tuple[int, bytes]:
-    """GET /api/reports or /api/reports/{name}: the status and the raw body."""
+    """GET /api/runs or /api/runs/{id}: the status and the raw body."""
     request = func.HttpRequest(
         method="GET",
-        url=f"/api/reports/{name or ''}",
+        url=f"/api/runs/{name or ''}",
         body=None,
-        route_params={"name": name} if name else {},
+        route_params={"id": name} if name else {},
     )
-    response = function("reports_http")(request)
+    response = function("runs_http")(request)
     assert response.mimetype == "application/json"
     return response.status_code, response.get_body()
 
@@ -859,9 +856,9 @@ def test_runs_over_every_vault_store_their_full_report_and_answer_only_what_matt
     http("POST", "reconcile", json.dumps({"vaultId": estate["bare"]}).encode())  # nor one vault
 
     status, body = stored_report()
-    listed = json.loads(body)["reports"]
+    listed = json.loads(body)["runs"]
     assert status == 200 and [r["trigger"] for r in listed] == ["http", "timer"]
-    assert listed[0]["name"] == answer["report"] and listed[0]["counts"]["unchanged"] == 3
+    assert listed[0]["id"] == answer["report"] and listed[0]["counts"]["unchanged"] == 3
     assert listed[1]["counts"]["updated"] == 3
     status, body = stored_report(answer["report"])
     full = json.loads(body)
