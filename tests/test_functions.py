@@ -254,7 +254,12 @@ print(json.dumps({"functions": sorted(functions), "status": response.status_code
     env = {k: v for k, v in os.environ.items() if not k.startswith("KVF_")}
     env["FUNCTIONS_WORKER_RUNTIME"] = "python"
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)

@@ -29,10 +29,9 @@ def store(request, tmp_path):
     connection = request.getfixturevalue("azurite")
     # A table and container of its own per test: Azurite is shared by the session.
     name = "kvf" + uuid.uuid4().hex[:12]
-    store = AzureStore(
+    return AzureStore(
         StateLocation(kind="connection-string", value=connection), table=name, container=name
     )
-    return store
 
 
 def test_entries_round_trip_per_vault_and_empty_means_forgotten(store):

@@ -154,7 +154,7 @@ def estate(emulator):
     emulator.set_service_tags(OCTOBER)
     emulator.add_subnet(AGENTS)
     emulator.add_subnet(FOREIGN_SUBNET)
-    ids = {
+    return {
         "bare": emulator.add_vault(SUB_A, "apps", "kv-bare", tags=TAG),
         "locked": emulator.add_vault(
             SUB_A,
@@ -185,7 +185,6 @@ def estate(emulator):
         "untagged": emulator.add_vault(SUB_A, "apps", "kv-untagged"),
         "unlisted": emulator.add_vault(SUB_OTHER, "x", "kv-elsewhere", tags=TAG),
     }
-    return ids
 
 
 @pytest.fixture
