@@ -698,6 +698,7 @@ def test_a_large_estate_is_streamed_page_by_page_not_held_in_memory(emulator, tm
     assert pages_read[0] <= ahead // emulator.page_size + 2 < 30
 
 
+@pytest.mark.slow  # the emulator's bucket refills in real time: about 4 s of writes
 def test_writes_are_paced_to_the_quota_without_a_storm_of_429s(emulator, run):
     """A write bucket that refills at Resource Manager's rate but holds only 20 tokens: the
     run spends it no faster than it refills, and every vault is written."""
