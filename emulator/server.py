@@ -107,6 +107,19 @@ class _Fault:
     remaining: int
     headers: dict[str, str]
     body: Any
+    landed: threading.Event | None = None  # stalls: set once each stalled request is done
+    unfinished: int = 0
+
+
+@dataclass
+class WriteGate:
+    """Vault writes held in progress until the test opens the gate (see `hold_writes`)."""
+
+    held: threading.Event = field(default_factory=threading.Event)
+    opened: threading.Event = field(default_factory=threading.Event)
+
+    def open(self) -> None:
+        self.opened.set()
 
 
 @dataclass
@@ -358,6 +371,9 @@ class Emulator:
             self._limits: dict[str, tuple[int, float] | None] = {}
             self._buckets: dict[tuple[str, str], _Bucket] = {}
             self._busy: set[tuple[str, str, str]] = set()
+            if getattr(self, "_gate", None) is not None:
+                self._gate.open()  # a test's held writes end with it
+            self._gate: WriteGate | None = None
             self._generation += 1
             self.latency = 0.0
             self.write_latency = 0.0
@@ -580,12 +596,25 @@ class Emulator:
         with self._lock:
             self._resets.append(_fault(method, path_regex, times))
 
-    def stall(self, method: str, path_regex: str, seconds: float, *, times: int = 1) -> None:
+    def stall(
+        self, method: str, path_regex: str, seconds: float, *, times: int = 1
+    ) -> threading.Event:
         """Hold the next `times` matching requests for `seconds` before processing them, as
         an overloaded front end does: a client that times out first cannot know whether
-        the request applied (it does, late)."""
+        the request applied (it does, late). The event is set once all `times` have landed."""
+        stall = _fault(method, path_regex, times, seconds=seconds)
+        stall.landed, stall.unfinished = threading.Event(), times
         with self._lock:
-            self._stalls.append(_fault(method, path_regex, times, seconds=seconds))
+            self._stalls.append(stall)
+        return stall.landed
+
+    def hold_writes(self) -> WriteGate:
+        """Hold every vault write from now on in progress, its vault busy (another write gets
+        409), until `gate.open()`; `gate.held` is set when one is: for tests that need
+        someone's write in progress at an exact point, without timing it."""
+        with self._lock:
+            self._gate = WriteGate()
+            return self._gate
 
     def intercept(
         self,
@@ -691,6 +720,7 @@ class Emulator:
             generation = self._generation
             time.sleep(float(stall.headers["seconds"]))
             if generation != self._generation:  # reset meanwhile: a request of an old test
+                self._landed(stall)
                 return _Response(0, drop=True)
         response = self._route(method, path, query, lower_headers, body, body_error)
         if hook is not None and hook.after is not None:
@@ -701,7 +731,15 @@ class Emulator:
             self._requests.append(
                 Recorded(method, path, query, lower_headers, body, response.status)
             )
+        if stall is not None:
+            self._landed(stall)
         return response
+
+    def _landed(self, stall: _Fault) -> None:
+        with self._lock:
+            stall.unfinished -= 1
+            if stall.unfinished == 0 and stall.landed is not None:
+                stall.landed.set()
 
     def _take_fault(self, method: str, path: str, faults: list[_Fault]) -> _Fault | None:
         """The first armed fault of `faults` matching this request, used up by one."""
@@ -1113,13 +1151,17 @@ class Emulator:
                     previous=previous,
                 )
             hold = self.write_latency
+            gate = self._gate
             generation = self._generation
-            if hold > 0:
+            if hold > 0 or gate is not None:
                 self._busy.add(key)
             else:
                 self._commit(key, new, sub, caller, method, previous is not None, headers)
-        if hold > 0:
+        if hold > 0 or gate is not None:
             try:
+                if gate is not None:
+                    gate.held.set()
+                    gate.opened.wait()
                 time.sleep(hold)
             finally:
                 with self._lock:

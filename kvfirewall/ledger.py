@@ -249,24 +249,36 @@ class _FileLease:
 class _KeptBlobLease:
     """A Blob lease renewed every third of its term by a thread of its own, so that no wait
     of the holder (a Retry-After, a slow storage call) lets it run out; if renewing fails
-    for so long that it may have, `hold` says so."""
+    for so long that it may have, `hold` says so.
 
-    def __init__(self, client) -> None:
+    `clock` and `stop` (whose `wait` paces the renewals) can be replaced, so that renewals
+    over a whole term are tested without waiting one."""
+
+    def __init__(
+        self,
+        client,
+        *,
+        term: float,
+        clock: Callable[[], float] = time.monotonic,
+        stop: threading.Event | None = None,
+    ) -> None:
         self._client = client
+        self._term = term
+        self._clock = clock
         self._lost: Exception | None = None
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._thread = threading.Thread(target=self._keep, name="kvf-lease", daemon=True)
         self._thread.start()
 
     def _keep(self) -> None:
-        renewed = time.monotonic()
-        while not self._stop.wait(LEASE_SECONDS / 3):
+        renewed = self._clock()
+        while not self._stop.wait(self._term / 3):
             try:
                 self._client.renew()
-                renewed = time.monotonic()
+                renewed = self._clock()
             except Exception as exc:  # kept, and raised by hold()
                 taken = getattr(exc, "status_code", None) in (409, 412)  # ran out, re-leased
-                if taken or time.monotonic() - renewed >= LEASE_SECONDS * 2 / 3:
+                if taken or self._clock() - renewed >= self._term * 2 / 3:
                     self._lost = exc
                     return
 
@@ -616,7 +628,7 @@ class AzureStore:
             return True
 
         _poll(try_once, wait_seconds, vault_key)
-        lease = _KeptBlobLease(held[0])
+        lease = _KeptBlobLease(held[0], term=LEASE_SECONDS)
         try:
             yield lease
         finally:

@@ -35,7 +35,7 @@ def arm_emulator_session() -> Iterator[Emulator]:
 
 
 @pytest.fixture
-def emulator(arm_emulator_session: Emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
+def emulator(arm_emulator_session: Emulator, monkeypatch: pytest.MonkeyPatch) -> Emulator:
     """A clean emulator with os.environ pointing azure-identity and the product at it."""
     emu = arm_emulator_session
     emu.reset()
@@ -43,7 +43,7 @@ def emulator(arm_emulator_session: Emulator, monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.delenv(name, raising=False)
     for name, value in emu.env().items():
         monkeypatch.setenv(name, value)
-    yield emu
+    return emu
 
 
 # ---- Azurite (Azure Storage emulator, npm package `azurite`) ------------------------------

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 from kvfirewall.settings import SETTINGS
@@ -37,17 +41,57 @@ def test_the_readme_starts_azurite_as_the_tests_do():
     assert "--skipApiVersionCheck" in (ROOT / "tests" / "conftest.py").read_text()
 
 
-def test_the_readme_carries_the_reliability_figures_of_a_passing_run():
-    """Written by scripts/reliability-figures, never by hand: the block it rewrites is there,
-    complete, and reports no rule lost."""
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(
-        r"<!-- reliability figures: written by scripts/reliability-figures -->\n(.*?)"
-        r"<!-- end of reliability figures -->",
-        readme,
-        flags=re.S,
+SUITE = ["tests/reliability"]
+
+
+def reliability_suite():
+    """tests/reliability/conftest.py, which counts the figures and writes them."""
+    spec = importlib.util.spec_from_file_location(
+        "reliability_figures", ROOT / "tests" / "reliability" / "conftest.py"
     )
-    assert block, "run ./scripts/reliability-figures"
-    figures = dict(re.findall(r"^\| ([a-z][^|]+?) \| (\d+) \|$", block.group(1), flags=re.M))
-    assert len(figures) == 4 and figures["foreign rules lost"] == "0"
-    assert int(figures["scenarios run (each followed by the invariant check)"]) > 0
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # for its dataclass
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_passing_reliability_run_rewrites_only_the_figures_block(tmp_path, monkeypatch):
+    suite = reliability_suite()
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    monkeypatch.setenv("KVF_RELIABILITY_README", str(readme))
+    suite._totals.update({"scenarios": 7, "faults injected": 5, "malformed inputs": 3})
+
+    suite.pytest_sessionfinish(None, exitstatus=1)  # a failing run writes nothing
+    assert readme.read_text() == (ROOT / "README.md").read_text()
+
+    suite.pytest_sessionfinish(None, exitstatus=0)
+    before, after = (ROOT / "README.md").read_text(), readme.read_text()
+    block = suite.render_figures(suite._totals)
+    assert "| scenarios run (each followed by the invariant check) | 7 |" in block
+    assert "| foreign rules lost | 0 |" in block
+    start = before.index(suite.BEGIN)
+    assert after[:start] == before[:start] and after[start:].startswith(block)
+    assert after[start + len(block) :] == before[before.index(suite.END) + len(suite.END) :]
+
+
+def test_the_readme_figures_are_a_run_of_the_current_suite():
+    """The block is as the script writes it, and counts as many scenarios as the suite has:
+    a scenario added or removed without running ./scripts/reliability-figures fails here."""
+    suite = reliability_suite()
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index(suite.BEGIN) : readme.index(suite.END) + len(suite.END)]
+    labels = {label: key for key, label in suite.ROWS.items()}
+    counts = Counter(
+        {labels[label]: int(n) for label, n in re.findall(r"^\| (.+?) \| (\d+) \|$", block, re.M)}
+    )
+    assert suite.render_figures(counts) == block, "run ./scripts/reliability-figures"
+    assert counts["rules lost"] == 0
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", *SUITE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    scenarios = int(re.search(r"^(\d+) tests? collected", collected, re.M).group(1))
+    assert counts["scenarios"] == scenarios, "run ./scripts/reliability-figures"

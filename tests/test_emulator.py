@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -397,7 +396,7 @@ def test_overlapping_write_to_same_vault_gets_409(
     emulator: Emulator, client: KeyVaultManagementClient
 ) -> None:
     vault_id = emulator.add_vault(SUB, "rg", "kv-race")
-    emulator.write_latency = 0.6
+    gate = emulator.hold_writes()
     outcome: dict[str, object] = {}
 
     def first() -> None:
@@ -407,15 +406,16 @@ def test_overlapping_write_to_same_vault_gets_409(
 
     thread = threading.Thread(target=first)
     thread.start()
-    # Wait until the first PATCH has reached the server, then a little for it to take the vault.
-    deadline = time.monotonic() + 5
-    while emulator.writes < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.1)
+    assert gate.held.wait(timeout=30), "the first write never reached the vault"
     with pytest.raises(ResourceExistsError) as info:
         make_client(emulator).vaults.update(
-            "rg", "kv-race", acls_patch(ip_rules=[IPRule(value="40.74.28.0/23")])
+            "rg",
+            "kv-race",
+            acls_patch(ip_rules=[IPRule(value="40.74.28.0/23")]),
+            read_timeout=30,  # were it held too, fail rather than wait the SDK's 5 minutes
         )
+    assert "first" not in outcome  # the first write was still in progress
+    gate.open()
     thread.join()
 
     assert info.value.status_code == 409

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import time
+import threading
 import uuid
 from ipaddress import IPv4Network
 
@@ -13,6 +13,7 @@ from kvfirewall import ledger
 from kvfirewall.ledger import (
     AzureStore,
     LeaseBusy,
+    LeaseLost,
     LedgerEntry,
     LocalStore,
     StaleEntry,
@@ -20,6 +21,8 @@ from kvfirewall.ledger import (
 )
 from kvfirewall.settings import StateLocation
 from kvfirewall.sources import builtin_snapshot
+
+KeptBlobLease = ledger._KeptBlobLease
 
 VAULT = "/subscriptions/00000000-0000-0000-0000-000000000001/resourcegroups/rg/providers/microsoft.keyvault/vaults/kv1"
 OTHER = VAULT.replace("kv1", "kv2")
@@ -37,10 +40,9 @@ def store(request, tmp_path):
     connection = request.getfixturevalue("azurite")
     # A table and container of its own per test: Azurite is shared by the session.
     name = "kvf" + uuid.uuid4().hex[:12]
-    store = AzureStore(
+    return AzureStore(
         StateLocation(kind="connection-string", value=connection), table=name, container=name
     )
-    return store
 
 
 def test_entries_round_trip_per_vault_and_empty_means_forgotten(store):
@@ -98,18 +100,144 @@ def test_a_vault_lease_excludes_other_holders_until_released(store):
         pass
 
 
-def test_a_blob_lease_outlives_its_term_while_held(azurite, monkeypatch):
-    """A holder that waits longer than the lease's term (a long Retry-After) keeps it: the
-    lease is renewed in the background, so no other run can take the vault meanwhile."""
-    monkeypatch.setattr(ledger, "LEASE_SECONDS", 15)  # the shortest term Blob leases allow
+class ManualTime(threading.Event):
+    """A kept lease's stop event on a clock that moves only when the test moves it: each
+    wait of the renewal thread ends when the clock has passed it, or the lease is released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self._changed = threading.Condition()
+        self._until: float | None = None  # the end of the renewal thread's current wait
+        self._thread: threading.Thread | None = None
+
+    def clock(self) -> float:
+        return self.now
+
+    def set(self) -> None:
+        with self._changed:
+            super().set()
+            self._changed.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None, "a renewal thread that never wakes renews nothing"
+        with self._changed:
+            self._thread = threading.current_thread()
+            self._until = self.now + timeout
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self.is_set() or self.now >= self._until)
+            self._until = None
+            return self.is_set()
+
+    def _idle(self) -> bool:
+        """The renewal thread waits for a time still to come, or has ended."""
+        waiting = self._until is not None and self._until > self.now
+        ended = self._thread is not None and not self._thread.is_alive()
+        return waiting or ended or self.is_set()
+
+    def advance(self, seconds: float) -> None:
+        """Let `seconds` pass, stopping at each moment a wait of the renewal thread ends until
+        the thread has done what fell due (it waits again, or gave up: not signalled, so
+        polled)."""
+        target = self.now + seconds
+        with self._changed:
+            while True:
+                while not self._changed.wait_for(self._idle, timeout=0.02):
+                    pass
+                if self.now >= target:
+                    return
+                due = self._until if self._until is not None else target
+                self.now = min(due, target)
+                self._changed.notify_all()
+
+
+class Renewals:
+    """A lease client that notes when each renewal was asked for; `fail` makes it fail."""
+
+    def __init__(self, client, time: ManualTime, *, fail: Exception | None = None) -> None:
+        self.client, self.time, self.fail = client, time, fail
+        self.at: list[float] = []
+
+    def renew(self) -> None:
+        self.at.append(self.time.now)
+        if self.fail is not None:
+            raise self.fail
+        self.client.renew()
+
+    def release(self) -> None:
+        if self.client is not None:
+            self.client.release()
+
+
+@pytest.fixture
+def manual_lease(azurite, monkeypatch):
+    """Blob leases of the shortest term (15 s) whose renewals run on a manual clock; yields
+    the clock, the renewals seen and a second store (another run) sharing the container."""
+    monkeypatch.setattr(ledger, "LEASE_SECONDS", 15)
+    time = ManualTime()
+    seen: list[Renewals] = []
+
+    def kept(client, *, term: float) -> ledger._KeptBlobLease:
+        seen.append(Renewals(client, time))
+        return KeptBlobLease(seen[-1], term=term, clock=time.clock, stop=time)
+
+    monkeypatch.setattr(ledger, "_KeptBlobLease", kept)
     location = StateLocation(kind="connection-string", value=azurite)
     name = "kvf" + uuid.uuid4().hex[:12]
     holder, other = (AzureStore(location, table=name, container=name) for _ in range(2))
+    return holder, other, time, seen
+
+
+def test_a_blob_lease_is_renewed_every_third_of_its_term_and_outlives_it(manual_lease):
+    """A holder that waits longer than the lease's term (a long Retry-After) keeps it: the
+    lease is renewed in the background, so no other run can take the vault meanwhile. The
+    term passes on a manual clock; every renewal is a real one, which Azurite must accept."""
+    holder, other, time, seen = manual_lease
     with holder.lease(VAULT, wait_seconds=0) as lease:
-        time.sleep(17)
-        lease.hold()
+        time.advance(4.9)
+        assert seen[0].at == []
+        time.advance(0.1)
+        time.advance(16)  # past the term the lease was granted for
+        assert seen[0].at == [5.0, 10.0, 15.0, 20.0]
+        lease.hold()  # Azurite took every renewal
         with pytest.raises(LeaseBusy), other.lease(VAULT, wait_seconds=0):
             pass
+    with other.lease(VAULT, wait_seconds=0):  # released: free at once, not after a term
+        pass
+
+
+def test_a_blob_lease_that_ran_out_and_was_taken_is_lost_at_the_next_renewal(manual_lease):
+    """Had the lease run out (the process paused for longer than a term), another run could
+    take it: the next renewal fails with 409 and the holder must not write any more."""
+    from azure.storage.blob import BlobLeaseClient
+
+    holder, other, time, _ = manual_lease
+    with holder.lease(VAULT, wait_seconds=0) as lease:
+        blob = other._container.get_blob_client(f"leases/{ledger._row_key(VAULT)}")
+        BlobLeaseClient(blob).break_lease(lease_break_period=0)  # as if it had run out
+        blob.acquire_lease(lease_duration=15)  # and another run took it
+        time.advance(5)
+        with pytest.raises(LeaseLost, match="could not be renewed"):
+            lease.hold()
+
+
+def test_a_lease_that_cannot_be_renewed_is_given_up_before_it_may_have_run_out():
+    """Storage unreachable: the holder goes on while the lease surely still holds (less
+    than two thirds of the term since the last renewal), and stops writing after that."""
+    from azure.core.exceptions import ServiceRequestError
+
+    time = ManualTime()
+    renewals = Renewals(None, time, fail=ServiceRequestError("connection refused"))
+    lease = KeptBlobLease(renewals, term=15, clock=time.clock, stop=time)
+    try:
+        time.advance(5)
+        lease.hold()
+        time.advance(5)
+        with pytest.raises(LeaseLost, match="connection refused"):
+            lease.hold()
+        assert renewals.at == [5.0, 10.0]
+    finally:
+        lease.release()
 
 
 def test_storage_calls_end_within_the_runs_budget(azurite):

@@ -267,14 +267,17 @@ def test_prefixes_wider_than_any_azure_devops_range_are_dropped():
 
 
 @pytest.mark.parametrize(
-    "tampered",
+    ("tampered", "refusal"),
     [
-        {"version": "8", "source": "x", "regions": {"westeurope": ["0.0.0.0/0"]}},
-        {"version": "8", "source": "x", "regions": {"westeurope": ["10.0.0.0/8"]}},
-        {"version": "8", "source": "x", "regions": {"westeurope": ["52.0.0.0/16"]}},
-        {"version": "", "source": "x", "regions": {}},
+        ({"version": "8", "source": "x", "regions": {"westeurope": ["0.0.0.0/0"]}}, "not a public"),
+        (
+            {"version": "8", "source": "x", "regions": {"westeurope": ["10.0.0.0/8"]}},
+            "not a public",
+        ),
+        ({"version": "8", "source": "x", "regions": {"westeurope": ["52.0.0.0/16"]}}, "wider than"),
+        ({"version": "", "source": "x", "regions": {}}, "no numeric version"),
     ],
 )
-def test_a_stored_snapshot_is_validated_like_a_download(tampered):
-    with pytest.raises(ValueError):
+def test_a_stored_snapshot_is_validated_like_a_download(tampered, refusal):
+    with pytest.raises(ValueError, match=refusal):
         Snapshot.from_json(tampered)

@@ -6,13 +6,13 @@ import copy
 import dataclasses
 import json
 import threading
-import time
 from datetime import datetime
 from ipaddress import IPv4Network, ip_network
 from pathlib import Path
 
 import pytest
 
+from emulator import server as emulator_server
 from kvfirewall import reconcile as engine
 from kvfirewall import writer
 from kvfirewall.ledger import LedgerEntry, LocalStore, open_store
@@ -158,7 +158,7 @@ def estate(emulator):
     emulator.set_service_tags(OCTOBER)
     emulator.add_subnet(AGENTS)
     emulator.add_subnet(FOREIGN_SUBNET)
-    ids = {
+    return {
         "bare": emulator.add_vault(SUB_A, "apps", "kv-bare", tags=TAG),
         "locked": emulator.add_vault(
             SUB_A,
@@ -189,7 +189,6 @@ def estate(emulator):
         "untagged": emulator.add_vault(SUB_A, "apps", "kv-untagged"),
         "unlisted": emulator.add_vault(SUB_OTHER, "x", "kv-elsewhere", tags=TAG),
     }
-    return ids
 
 
 @pytest.fixture
@@ -420,6 +419,7 @@ def test_a_conflicting_write_in_progress_is_waited_out_and_its_rule_kept(
     theirs["ipRules"].append({"value": "198.51.100.9"})
     original = Arm.get_vault
     started: list[threading.Thread] = []
+    gate = emulator.hold_writes()
 
     def get_then_someone_starts_writing(self, ref):
         state = original(self, ref)
@@ -430,10 +430,11 @@ def test_a_conflicting_write_in_progress_is_waited_out_and_its_rule_kept(
             )
             writer.start()
             started.append(writer)
-            time.sleep(0.3)  # their write is now in progress
+            assert gate.held.wait(timeout=30)  # their write is now in progress
+            # It lands once ours has been refused, before we hear of the refusal.
+            emulator.intercept("PATCH", "kv-locked", after=lambda _: (gate.open(), writer.join()))
         return state
 
-    emulator.write_latency = 1.0
     monkeypatch.setattr(Arm, "get_vault", get_then_someone_starts_writing)
     report = run(vault=estate["locked"])
     started[0].join()
@@ -551,10 +552,13 @@ def test_a_server_error_then_a_refusal_claims_nothing(emulator, estate, run, tmp
     assert not (entry.ip_rules | entry.pending_ip_rules | entry.subnets | entry.pending_subnets)
 
 
-def test_a_vault_created_again_under_the_same_id_inherits_no_ownership(emulator, estate, run):
+def test_a_vault_created_again_under_the_same_id_inherits_no_ownership(
+    emulator, estate, run, monkeypatch
+):
     run(vault=estate["bare"])
     emulator.delete_vault(estate["bare"])
-    time.sleep(0.01)
+    # Created again a second later, whatever the clock's resolution.
+    monkeypatch.setattr(emulator_server, "_iso_now", lambda: "2099-01-01T00:00:01.0000000Z")
     team_adds_west_europe(emulator)
     run(vault=estate["bare"])
     emulator.set_service_tags(weu_moved())
@@ -750,6 +754,7 @@ def test_a_large_estate_is_streamed_page_by_page_not_held_in_memory(emulator, tm
     assert pages_read[0] <= ahead // emulator.page_size + 2 < 30
 
 
+@pytest.mark.slow  # the emulator's bucket refills in real time: about 4 s of writes
 def test_writes_are_paced_to_the_quota_without_a_storm_of_429s(emulator, run):
     """A write bucket that refills at Resource Manager's rate but holds only 20 tokens: the
     run spends it no faster than it refills, and every vault is written."""
@@ -815,9 +820,13 @@ def test_listing_stops_when_the_run_stops(emulator, run, tmp_path):
     def closed_output(_done, _result) -> None:
         raise BrokenPipeError("stdout closed")
 
+    def pools() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("ThreadPoolExecutor")}
+
+    before = pools()
     with pytest.raises(BrokenPipeError):
         plan_with_progress(emulator, closed_output)
-    time.sleep(1.0)  # a lister would go on paging in the background
+    assert pools() <= before, "a lister goes on paging in the background"
     pages = sum(r.path.endswith("/vaults") for r in emulator.requests)
     assert pages <= ahead // emulator.page_size + engine.LISTERS + 2 < 2 * ahead // 4
 

@@ -17,21 +17,28 @@ ACLS = {
 }
 
 
-@pytest.mark.parametrize(
-    ("endpoint", "scope"),
-    [
-        ("https://management.azure.com", "https://management.azure.com/.default"),
-        ("https://management.azure.com/", "https://management.azure.com/.default"),
-        (
-            "https://management.usgovcloudapi.net",
-            "https://management.core.usgovcloudapi.net/.default",
-        ),
-        ("https://management.chinacloudapi.cn/", "https://management.chinacloudapi.cn/.default"),
-        ("https://127.0.0.1:8443", "https://127.0.0.1:8443/.default"),
-    ],
-)
+def sdk_clouds() -> dict[str, tuple[str, str]]:
+    """Each cloud's Resource Manager endpoint and token scope, as azure-core and
+    azure-mgmt-core know them: a source independent of kvfirewall's own table."""
+    from azure.core import AzureClouds
+    from azure.mgmt.core.tools import get_arm_endpoints
+
+    clouds = {}
+    for cloud in AzureClouds:
+        endpoints = get_arm_endpoints(cloud)
+        clouds[cloud.name] = (endpoints["resource_manager"], endpoints["credential_scopes"][0])
+    return clouds
+
+
+@pytest.mark.parametrize(("endpoint", "scope"), sdk_clouds().values(), ids=sdk_clouds().keys())
 def test_token_scope_follows_the_cloud(endpoint, scope):
     assert token_scope(endpoint) == scope
+    assert token_scope(endpoint.rstrip("/")) == scope
+    assert token_scope(endpoint.upper()) == scope
+
+
+def test_an_unknown_endpoint_asks_for_its_own_scope():
+    assert token_scope("https://127.0.0.1:8443/") == "https://127.0.0.1:8443/.default"
 
 
 class FakeTime:

@@ -4,7 +4,6 @@ and on writes. Each scenario ends converged, with nothing lost and nothing opene
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 
@@ -37,15 +36,17 @@ def test_write_faults_are_retried_after_a_fresh_read(estate, figures, fault):
 def test_transport_faults_on_writes(estate, figures, monkeypatch, kind):
     """The request never arrived, or arrived and its answer did not: the next read tells."""
     emulator = estate.emulator
+    landed = None
     if kind == "reset":
         emulator.reset_connection("PATCH", VAULTS, times=3)
     elif kind == "lost answer":
         emulator.lose_response("PATCH", VAULTS, times=3)
     else:
         monkeypatch.setattr(vaults, "WRITE_TIMEOUT", 1)
-        emulator.stall("PATCH", VAULTS, 1.5, times=2)
+        landed = emulator.stall("PATCH", VAULTS, 1.5, times=2)
     estate.converge()
-    time.sleep(1.6)  # the stalled writes land late, with the bodies they had: still fine
+    if landed is not None:  # the stalled writes land late, with the bodies they had: fine
+        assert landed.wait(timeout=30)
     figures["rules lost"] += estate.check()
 
 

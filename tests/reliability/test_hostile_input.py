@@ -8,13 +8,15 @@ what the emulator saw, not what a mock was asked. The parsers' fuzzing is in tes
 from __future__ import annotations
 
 import json
+import threading
+from types import SimpleNamespace
 
+import azure.functions as func
 import pytest
 from conftest import SUB_A, SUB_B, SUB_OUT
 
-from kvfirewall.api import BadRequest, parse_reconcile_request
+from kvfirewall import cli
 from kvfirewall.service import Service
-from kvfirewall.settings import SettingsError
 
 WRITE = "Microsoft.Resources.ResourceWriteSuccess"
 OPERATION = "Microsoft.KeyVault/vaults/write"
@@ -88,12 +90,26 @@ def test_hostile_events_are_dropped_or_ignored_without_a_call(estate, figures, s
     figures["malformed inputs"] += 1
 
 
+def post_reconcile(body: bytes) -> tuple[int, dict]:
+    """POST /api/reconcile as the Functions worker calls it."""
+    from functions.http_api import reconcile_http
+
+    context = SimpleNamespace(invocation_id="hostile", thread_local_storage=threading.local())
+    request = func.HttpRequest(method="POST", url="/api/reconcile", body=body)
+    response = reconcile_http._function.get_user_function()(request, context)
+    return response.status_code, json.loads(response.get_body())
+
+
 @pytest.mark.parametrize("body", HOSTILE_BODIES.values(), ids=HOSTILE_BODIES.keys())
-def test_hostile_request_bodies_are_refused_before_any_call(estate, figures, body):
+def test_hostile_request_bodies_are_refused_before_any_call(estate, figures, monkeypatch, body):
+    """Through the HTTP trigger with valid settings: a body read too late, or leniently,
+    would start a run, and the emulator would see it."""
+    for name, value in estate.env().items():
+        monkeypatch.setenv(name, value)
     estate.emulator.clear_log()
-    with pytest.raises(BadRequest) as refused:
-        parse_reconcile_request(body, subscriptions=estate.settings().subscriptions)
-    assert 0 < len(str(refused.value)) < 300
+    status, answer = post_reconcile(body)
+    assert status == 400, answer
+    assert set(answer) == {"error"} and 0 < len(answer["error"]) < 300
     assert estate.emulator.requests == []
     figures["malformed inputs"] += 1
 
@@ -130,9 +146,15 @@ BAD_SETTINGS = {
 
 
 @pytest.mark.parametrize(("name", "value"), BAD_SETTINGS.items(), ids=BAD_SETTINGS.keys())
-def test_a_bad_setting_stops_the_run_naming_it_before_any_call(estate, figures, name, value):
+def test_a_bad_setting_stops_the_run_naming_it_before_any_call(
+    estate, figures, monkeypatch, capsys, name, value
+):
+    """`python -m kvfirewall apply` with one bad setting among good ones: a setting checked
+    only once the run is under way would let it list or write first."""
+    for key, good in estate.env(**{name: value}).items():
+        monkeypatch.setenv(key, good)
     estate.emulator.clear_log()
-    with pytest.raises(SettingsError, match=name):
-        estate.settings(**{name: value})
+    assert cli.main(["apply"]) == 2
+    assert capsys.readouterr().err.startswith(f"kvfirewall: error: {name}")
     assert estate.emulator.requests == []
     figures["malformed inputs"] += 1

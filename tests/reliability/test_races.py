@@ -22,6 +22,7 @@ from kvfirewall.settings import StateLocation
 
 ROOT = Path(__file__).resolve().parents[2]
 VAULTS = r"/providers/Microsoft\.KeyVault/vaults/kv-"
+LISTING = r"^/subscriptions/[^/]+/providers/Microsoft\.KeyVault/vaults$"
 
 
 def successful_writes(emulator) -> int:
@@ -72,9 +73,12 @@ def test_concurrent_runs_in_threads_write_each_vault_once(estate, figures):
 
 
 def test_concurrent_runs_in_processes_write_each_vault_once(estate, figures):
-    """Three CLI processes sharing one local ledger: file locks serialize them. Slow writes
-    make their runs overlap even though processes start at different speeds."""
-    estate.emulator.write_latency = 1.0
+    """Three CLI processes sharing one local ledger: file locks serialize them. Every
+    process's listings wait at a barrier until all three have asked for both subscriptions,
+    so all three contend for every vault whatever their start-up speed."""
+    estate.emulator.write_latency = 0.05
+    listings = threading.Barrier(6, timeout=60)  # 3 processes x 2 subscriptions
+    estate.emulator.intercept("GET", LISTING, before=lambda _: listings.wait(), times=6)
     env = {**os.environ, **estate.env()}
     procs = [
         subprocess.Popen(
@@ -88,6 +92,9 @@ def test_concurrent_runs_in_processes_write_each_vault_once(estate, figures):
     ]
     for proc in procs:
         assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
+    assert not listings.broken and listings.n_waiting == 0, "the runs did not overlap"
+    listed = [r for r in estate.emulator.requests if r.path.endswith("/vaults")]
+    assert len(listed) == 6
     assert successful_writes(estate.emulator) == estate.effective
     figures["rules lost"] += estate.check()
 
