@@ -204,6 +204,8 @@ def test_not_data_actions_of_one_entry_do_not_cancel_another(
         ("/providers/Microsoft.Management/managementGroups/mg-platform", True),
         ("/", True),
         ("{vault}2", False),
+        ("{vault}2/secrets/db-password", False),
+        (f"/subscriptions/{SUB}/resourceGroups/rg-ap", False),
         ("{vault}/keys/signing", False),
         (f"/subscriptions/{SUB}/resourceGroups/rg-other", False),
         ("/providers/Microsoft.Management/managementGroups/mg-elsewhere", False),
