@@ -1,9 +1,10 @@
 """A local HTTPS Azure Resource Manager that the real Azure SDK can talk to offline.
 
 It models only what kvfirewall touches: Key Vault vaults (get, list, create/replace, update;
-soft-deleted vaults: get, and recover and purge for tests),
-the Service Tag Discovery API, the App Service managed-identity token endpoint, plus static
-files for downloader tests. Faults, throttling and latency are injectable so that the
+soft-deleted vaults: get, and recover and purge for tests), the Service Tag Discovery API, the
+App Service managed-identity token endpoint, role assignments and role definitions, an Entra
+ID-like authority (OpenID configurations, signing keys), plus static files for downloader
+tests. Faults, throttling and latency are injectable so that the
 product's error handling can be exercised against the real SDK pipeline.
 """
 
@@ -37,7 +38,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import trustme
 
-from . import servicetags, vaults
+from . import entra, rbac, servicetags, vaults
 from .errors import ArmError, bad_request
 
 __all__ = ["READ_BUCKET", "SHARED_FACTOR", "WRITE_BUCKET", "Emulator", "Recorded"]
@@ -285,6 +286,8 @@ class Emulator:
         self._thread: threading.Thread | None = None
         self._port: int | None = None
         self._generation = 0
+        self.authority = entra.Authority()
+        self.roles = rbac.RoleStore()
 
         self._tmpdir = tempfile.mkdtemp(prefix="kvf-arm-emulator-")
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
@@ -380,6 +383,8 @@ class Emulator:
             self.page_size = self._default_page_size
             self.tags_page_size = 0  # service tag values per Discovery API page; 0: one page
             self.clock: Callable[[], float] = time.monotonic  # the token buckets' clock
+            self.authority.reset()
+            self.roles.reset()
             self.clear_log()
 
     def clear_log(self) -> None:
@@ -660,6 +665,14 @@ class Emulator:
             )
             self._commit(key, new, sub, actor, "PATCH", True, {})
 
+    def set_access_policies(self, vault_id: str, policies: list[Mapping[str, Any]]) -> None:
+        """Switch a vault to the access-policy model with these policies (the REST shape)."""
+        key = vaults.vault_key(*vaults.parse_vault_id(vault_id))
+        with self._lock:
+            properties = self._vaults[key]["properties"]
+            properties["enableRbacAuthorization"] = False
+            properties["accessPolicies"] = copy.deepcopy(list(policies))
+
     def delete_vault(self, vault_id: str, *, retention_days: int = 90) -> None:
         """Delete a vault as someone else would (no request is recorded). Soft-delete is
         always on: the vault is kept as a deleted vault until it is purged or recovered."""
@@ -793,8 +806,10 @@ class Emulator:
         body: Any,
         body_error: bool,
     ) -> _Response:
-        is_arm = path.lower().startswith("/subscriptions/")
-        kind = {"GET": "read", "PUT": "write", "PATCH": "write"}.get(method) if is_arm else None
+        in_subscription = path.lower().startswith("/subscriptions/")
+        is_arm = in_subscription or rbac.is_tenant_path(path)  # tenant reads: not throttled here
+        methods = {"GET": "read", "PUT": "write", "PATCH": "write"}
+        kind = methods.get(method) if in_subscription else None
         if kind:
             with self._lock:
                 if kind == "read":
@@ -806,6 +821,10 @@ class Emulator:
         if fault is not None:
             return self._fault_response(fault)
         if not is_arm:
+            served = self.authority.respond(method, path, self.url)
+            if served is not None:
+                status, doc = served
+                return _Response(status, _json_bytes(doc), {"Content-Type": "application/json"})
             return self._static(method, path)
 
         subscription = path.split("/")[2]
@@ -982,6 +1001,8 @@ class Emulator:
         body: Any,
         caller: str,
     ) -> tuple[int, Any]:
+        if rbac.is_rbac_path(path):
+            return self.roles.handle(method, path, query, self.url)
         m = _VAULT_RE.match(path)
         if m:
             sub, rg, name = m["sub"], m["rg"], m["name"]
