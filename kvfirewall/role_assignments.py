@@ -24,14 +24,17 @@ from kvfirewall.authorization import (
     decide,
     role_definition_key,
 )
+from kvfirewall.clouds import default_credential
+from kvfirewall.errors import is_transient
 from kvfirewall.rules import parse_vault_id
+from kvfirewall.transport import shared_transport
 from kvfirewall.vaults import CONNECT_TIMEOUT, READ_TIMEOUT, USER_AGENT, token_scope
 
 __all__ = ["RoleReadFailed", "RoleReader"]
 
-# Resource Manager answers 429 and 5xx when it cannot answer now; any other status means the
-# request or kvfirewall's own rights are wrong (403: the role lacks roleAssignments/read).
-TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# One attempt per read (the caller decides about retries), with the request timeouts set per
+# call: the process's shared transport is not the client's own to configure.
+_ONE_TRY = {"retry_total": 0, "connection_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT}
 
 
 class RoleReadFailed(Exception):
@@ -47,11 +50,9 @@ class RoleReader:
     """Role assignments and definitions through azure-mgmt-authorization, cached per run."""
 
     def __init__(self, *, endpoint: str, credential=None) -> None:
-        if credential is None:
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential()
         self.endpoint = endpoint.rstrip("/")
+        if credential is None:
+            credential = default_credential(self.endpoint)
         self._credential = credential
         self._lock = threading.Lock()
         self._clients: dict[str, object] = {}
@@ -70,8 +71,7 @@ class RoleReader:
                     base_url=self.endpoint,
                     credential_scopes=[token_scope(self.endpoint)],
                     user_agent=USER_AGENT,
-                    connection_timeout=CONNECT_TIMEOUT,
-                    read_timeout=READ_TIMEOUT,
+                    transport=shared_transport(),
                 )
                 self._clients[subscription] = client
             return client
@@ -85,7 +85,7 @@ class RoleReader:
                     self._client(subscription).role_assignments.list_for_scope(
                         f"/subscriptions/{subscription}",
                         filter=f"assignedTo('{principal_id}')",
-                        retry_total=0,
+                        **_ONE_TRY,
                     )
                 )
             )
@@ -102,7 +102,7 @@ class RoleReader:
             client = self._client(subscription)
             try:
                 found = _guard(
-                    lambda: client.role_definitions.get_by_id(role_definition_id, retry_total=0)
+                    lambda: client.role_definitions.get_by_id(role_definition_id, **_ONE_TRY)
                 )
             except RoleReadFailed as exc:
                 if exc.status != 404:
@@ -154,7 +154,7 @@ def _definition(model) -> RoleDefinition:
 
 
 def _guard(call):
-    """Run one read, classifying its failure at this edge."""
+    """Run one read, classifying its failure at this edge (as every Azure call is)."""
     try:
         return call()
     except HttpResponseError as exc:
@@ -162,7 +162,7 @@ def _guard(call):
         code = getattr(getattr(exc, "error", None), "code", None) or exc.reason or "Error"
         raise RoleReadFailed(
             f"reading role assignments failed: HTTP {status} {code}",
-            transient=status in TRANSIENT_STATUS,
+            transient=is_transient(exc),
             status=status,
         ) from None
     except (ServiceRequestError, ServiceResponseError) as exc:
