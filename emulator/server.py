@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import trustme
 
-from . import servicetags, vaults
+from . import agentnets, servicetags, vaults
 from .errors import ArmError, bad_request
 
 __all__ = ["READ_BUCKET", "WRITE_BUCKET", "Emulator", "Recorded"]
@@ -330,6 +330,8 @@ class Emulator:
         with self._lock:
             self._vaults: dict[tuple[str, str, str], dict[str, Any]] = {}
             self._subnets: dict[str, bool] = {}
+            # Pools, scale sets, network settings and subnet documents: `agentnets`.
+            self.agent_networks = agentnets.AgentNetworks(self._subnets)
             self._service_tags: dict[str, Any] | None = None
             self._files: dict[str, tuple[bytes, str, float]] = {}
             self._redirects: dict[str, str] = {}
@@ -888,6 +890,18 @@ class Emulator:
                         "Service tags are not available for this subscription and location.",
                     )
                 return 200, servicetags.api_shape(doc, m["sub"])
+        answer = self.agent_networks.route(
+            method,
+            path,
+            query,
+            headers,
+            body,
+            caller=caller,
+            base_url=self.url,
+            page_size=self.page_size,
+        )
+        if answer is not None:
+            return answer
         raise ArmError(
             404,
             "InvalidResourceType",
