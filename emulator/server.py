@@ -1,6 +1,7 @@
 """A local HTTPS Azure Resource Manager that the real Azure SDK can talk to offline.
 
-It models only what kvfirewall touches: Key Vault vaults (get, list, create/replace, update),
+It models only what kvfirewall touches: Key Vault vaults (get, list, create/replace, update;
+soft-deleted vaults: get, and recover and purge for tests),
 the Service Tag Discovery API, the App Service managed-identity token endpoint, plus static
 files for downloader tests. Faults, throttling and latency are injectable so that the
 product's error handling can be exercised against the real SDK pipeline.
@@ -28,7 +29,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -39,12 +40,15 @@ import trustme
 from . import agentnets, servicetags, vaults
 from .errors import ArmError, bad_request
 
-__all__ = ["READ_BUCKET", "WRITE_BUCKET", "Emulator", "Recorded"]
+__all__ = ["READ_BUCKET", "SHARED_FACTOR", "WRITE_BUCKET", "Emulator", "Recorded"]
 
 _UNTHROTTLED_REMAINING = 11999
 # Resource Manager's token buckets per subscription and principal: (size, refilled per second).
 READ_BUCKET = (250, 25.0)
 WRITE_BUCKET = (200, 10.0)
+# Every principal of a subscription also draws on a shared bucket 15 times as large, reported
+# in x-ms-ratelimit-remaining-subscription-global-reads|writes.
+SHARED_FACTOR = 15
 _TOKEN_LIFETIME = 24 * 3600
 _KEY_VAULT_CONTRIBUTOR = "f25e0fa2-a7c8-4377-a976-54943a77a395"
 
@@ -64,6 +68,11 @@ _LIST_RG_RE = re.compile(
 _TAGS_RE = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Network/locations/(?P<loc>[^/]+)"
     r"/serviceTags/?$",
+    re.IGNORECASE,
+)
+_DELETED_RE = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.KeyVault/locations/(?P<loc>[^/]+)"
+    r"/deletedVaults/(?P<name>[^/]+)/?$",
     re.IGNORECASE,
 )
 _RESOURCE_GROUPS_RE = re.compile(r"/resourceGroups/", re.IGNORECASE)
@@ -162,8 +171,12 @@ def _json_bytes(doc: Any) -> bytes:
 
 
 def _iso_now() -> str:
+    return _iso(datetime.now(timezone.utc))
+
+
+def _iso(moment: datetime) -> str:
     """ARM timestamps carry 7 fractional digits; Python gives 6, so pad one."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
 
 
 def _encode_skiptoken(last_key: str) -> str:
@@ -194,6 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         # The TLS handshake runs here, in the connection's own thread, so one slow client
         # cannot stall the accept loop.
+        self.server.emulator._connected()  # type: ignore[attr-defined]
         self.request.do_handshake()
 
     def handle(self) -> None:
@@ -329,6 +343,9 @@ class Emulator:
         """
         with self._lock:
             self._vaults: dict[tuple[str, str, str], dict[str, Any]] = {}
+            # Soft-deleted vaults by (subscription, location, name), all lower-cased: each
+            # with the vault as it was, its deletion and its scheduled purge date.
+            self._deleted: dict[tuple[str, str, str], dict[str, Any]] = {}
             self._subnets: dict[str, bool] = {}
             # Pools, scale sets, network settings and subnet documents: `agentnets`.
             self.agent_networks = agentnets.AgentNetworks(self._subnets)
@@ -340,13 +357,15 @@ class Emulator:
             self._resets: list[_Fault] = []
             self._stalls: list[_Fault] = []
             self._intercepts: list[_Intercept] = []
-            self._limits: dict[str, tuple[int, float] | None] = {"read": None, "write": None}
+            self._limits: dict[str, tuple[int, float] | None] = {}
             self._buckets: dict[tuple[str, str], _Bucket] = {}
             self._busy: set[tuple[str, str, str]] = set()
             self._generation += 1
             self.latency = 0.0
             self.write_latency = 0.0
             self.page_size = self._default_page_size
+            self.tags_page_size = 0  # service tag values per Discovery API page; 0: one page
+            self.clock: Callable[[], float] = time.monotonic  # the token buckets' clock
             self.clear_log()
 
     def clear_log(self) -> None:
@@ -357,6 +376,7 @@ class Emulator:
             self._reads = 0
             self._writes = 0
             self._token_requests = 0
+            self._connections = 0
             self._faults_served = 0
             self._throttled = 0
 
@@ -471,6 +491,16 @@ class Emulator:
             return self._faults_served + self._throttled
 
     @property
+    def connections(self) -> int:
+        """TCP connections accepted (each a TLS handshake) since the log was cleared."""
+        with self._lock:
+            return self._connections
+
+    def _connected(self) -> None:
+        with self._lock:
+            self._connections += 1
+
+    @property
     def token_requests(self) -> int:
         """Calls to the managed-identity endpoint, to check that clients cache tokens."""
         with self._lock:
@@ -482,10 +512,24 @@ class Emulator:
         self,
         reads: tuple[int, float] | None = READ_BUCKET,
         writes: tuple[int, float] | None = WRITE_BUCKET,
+        *,
+        shared_reads: tuple[int, float] | None = None,
+        shared_writes: tuple[int, float] | None = None,
     ) -> None:
-        """Enable per-subscription token buckets (size, refill/s); None disables a kind."""
+        """Enable per-subscription token buckets (size, refill/s); None disables a kind. The
+        shared (global) buckets default to SHARED_FACTOR times the principal's; a smaller one
+        stands for other principals that have spent most of it."""
+
+        def shared(own: tuple[int, float] | None) -> tuple[int, float] | None:
+            return own and (own[0] * SHARED_FACTOR, own[1] * SHARED_FACTOR)
+
         with self._lock:
-            self._limits = {"read": reads, "write": writes}
+            self._limits = {
+                "read": reads,
+                "write": writes,
+                "global-read": shared_reads or shared(reads),
+                "global-write": shared_writes or shared(writes),
+            }
             self._buckets = {}
 
     def fail(
@@ -589,11 +633,34 @@ class Emulator:
             )
             self._commit(key, new, sub, actor, "PATCH", True, {})
 
-    def delete_vault(self, vault_id: str) -> None:
-        """Delete a vault as someone else would (no request is recorded)."""
+    def delete_vault(self, vault_id: str, *, retention_days: int = 90) -> None:
+        """Delete a vault as someone else would (no request is recorded). Soft-delete is
+        always on: the vault is kept as a deleted vault until it is purged or recovered."""
         key = vaults.vault_key(*vaults.parse_vault_id(vault_id))
         with self._lock:
-            del self._vaults[key]
+            vault = self._vaults.pop(key)
+            deleted = datetime.now(timezone.utc)
+            purge = deleted + timedelta(days=retention_days)
+            self._deleted[(key[0], vault["location"], key[2])] = {
+                "vault": vault,
+                "deletionDate": _iso(deleted),
+                "scheduledPurgeDate": _iso(purge),
+            }
+
+    def recover_vault(self, vault_id: str) -> None:
+        """Recover a deleted vault: it comes back as it was (networkAcls, createdAt)."""
+        sub, _rg, name = vaults.parse_vault_id(vault_id)
+        with self._lock:
+            found = next(k for k in self._deleted if (k[0], k[2]) == (sub.lower(), name.lower()))
+            vault = self._deleted.pop(found)["vault"]
+            self._vaults[vaults.vault_key(*vaults.parse_vault_id(vault["id"]))] = vault
+
+    def purge_vault(self, vault_id: str) -> None:
+        """Purge a deleted vault: gone for good."""
+        sub, _rg, name = vaults.parse_vault_id(vault_id)
+        with self._lock:
+            for key in [k for k in self._deleted if (k[0], k[2]) == (sub.lower(), name.lower())]:
+                del self._deleted[key]
 
     # ------------------------------------------------------------------ request handling
 
@@ -737,6 +804,11 @@ class Emulator:
             response.headers[f"x-ms-ratelimit-remaining-subscription-{kind}s"] = str(
                 self._remaining(subscription, kind)
             )
+            with self._lock:
+                shared = self._bucket(subscription, f"global-{kind}")
+                if shared is not None:
+                    header = f"x-ms-ratelimit-remaining-subscription-global-{kind}s"
+                    response.headers[header] = str(shared.remaining())
         return response
 
     def _static(self, method: str, path: str) -> _Response:
@@ -828,15 +900,26 @@ class Emulator:
         key = (subscription.lower(), kind)
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _Bucket(*limit)
+            bucket = self._buckets[key] = _Bucket(*limit, clock=self.clock)
         return bucket
 
     def _take_token(self, subscription: str, kind: str) -> None:
+        """A token of the principal's bucket and of the shared one, or a 429 taking none."""
         with self._lock:
-            bucket = self._bucket(subscription, kind)
-            if bucket is None or bucket.take():
+            buckets = [
+                b
+                for b in (
+                    self._bucket(subscription, kind),
+                    self._bucket(subscription, f"global-{kind}"),
+                )
+                if b is not None
+            ]
+            empty = [b for b in buckets if b.remaining() < 1]
+            if not empty:
+                for bucket in buckets:
+                    bucket.take()
                 return
-            wait = bucket.retry_after()
+            wait = max(b.retry_after() for b in empty)
             self._throttled += 1
         raise ArmError(
             429,
@@ -877,6 +960,11 @@ class Emulator:
                 raise _method_not_allowed(method)
             rg = m.groupdict().get("rg")
             return 200, self._list_vaults(m["sub"], rg, query)
+        m = _DELETED_RE.match(path)
+        if m:
+            if method != "GET":
+                raise _method_not_allowed(method)
+            return 200, self._get_deleted(m["sub"], m["loc"], m["name"])
         m = _TAGS_RE.match(path)
         if m:
             if method != "GET":
@@ -889,7 +977,8 @@ class Emulator:
                         "NotFound",
                         "Service tags are not available for this subscription and location.",
                     )
-                return 200, servicetags.api_shape(doc, m["sub"])
+                shaped = servicetags.api_shape(doc, m["sub"])
+            return 200, self._tags_page(shaped, path, query)
         answer = self.agent_networks.route(
             method,
             path,
@@ -908,12 +997,61 @@ class Emulator:
             f"The resource type could not be found for the path '{path}'.",
         )
 
+    def _tags_page(self, doc: dict[str, Any], path: str, query: dict[str, str]) -> dict[str, Any]:
+        """One page of the Discovery answer: `tags_page_size` values, and a `nextLink` (with
+        a `$skipToken`) while more follow; the whole answer when no page size is set."""
+        size = self.tags_page_size
+        if not size:
+            return doc
+        token = query.get("$skipToken", "0")
+        if not token.isdigit():
+            raise bad_request(f"The skip token '{token}' is invalid.", code="InvalidSkipToken")
+        start = int(token)
+        values = doc["values"]
+        page = {**doc, "values": values[start : start + size]}
+        if start + size < len(values):
+            version = quote(query.get("api-version", ""))
+            page["nextLink"] = (
+                f"{self.url}{quote(path)}?api-version={version}&$skipToken={start + size}"
+            )
+        return page
+
     def _get_vault(self, sub: str, rg: str, name: str) -> dict[str, Any]:
         with self._lock:
             vault = self._vaults.get(vaults.vault_key(sub, rg, name))
             if vault is None:
                 raise _vault_not_found(rg, name)
             return copy.deepcopy(vault)
+
+    def _get_deleted(self, sub: str, location: str, name: str) -> dict[str, Any]:
+        """Vaults_GetDeleted: the DeletedVault shape of the REST spec."""
+        key = (sub.lower(), location.replace(" ", "").lower(), name.lower())
+        with self._lock:
+            deleted = self._deleted.get(key)
+            if deleted is None:
+                raise ArmError(
+                    404,
+                    "ResourceNotFound",
+                    f"The Resource 'Microsoft.KeyVault/deletedVaults/{name}' under location "
+                    f"'{location}' was not found.",
+                )
+            vault = deleted["vault"]
+            return {
+                "id": f"/subscriptions/{key[0]}/providers/Microsoft.KeyVault/locations/{key[1]}"
+                f"/deletedVaults/{vault['name']}",
+                "name": vault["name"],
+                "type": "Microsoft.KeyVault/deletedVaults",
+                "properties": {
+                    "vaultId": vault["id"],
+                    "location": vault["location"],
+                    "deletionDate": deleted["deletionDate"],
+                    "scheduledPurgeDate": deleted["scheduledPurgeDate"],
+                    "tags": copy.deepcopy(vault["tags"]),
+                    "purgeProtectionEnabled": bool(
+                        vault["properties"].get("enablePurgeProtection", False)
+                    ),
+                },
+            }
 
     def _list_vaults(self, sub: str, rg: str | None, query: dict[str, str]) -> dict[str, Any]:
         top = query.get("$top")

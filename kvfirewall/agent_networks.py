@@ -9,7 +9,8 @@ keeps its last resolved networks and the next run reads it again, so a slow or t
 Resource Manager costs one request per pool, not a retry storm.
 
 Clients are made per subscription and kind, in the credential and endpoint style of
-`kvfirewall.vaults.Arm`, with their SDKs imported on first use: a cold start that resolves no
+`kvfirewall.vaults.Arm` (the cloud's credential and token scope, the shared transport), with
+their SDKs imported on first use: a cold start that resolves no
 pool does not pay for azure-mgmt-compute or azure-mgmt-network.
 """
 
@@ -24,6 +25,8 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
+from kvfirewall.clouds import default_credential, token_scope
+from kvfirewall.errors import is_transient
 from kvfirewall.pools import (
     EndpointStatus,
     PoolKind,
@@ -38,14 +41,8 @@ from kvfirewall.pools import (
     with_key_vault_endpoint,
 )
 from kvfirewall.rules import SUBNET_ID_RE
-from kvfirewall.vaults import (
-    CONNECT_TIMEOUT,
-    READ_TIMEOUT,
-    USER_AGENT,
-    WRITE_TIMEOUT,
-    CallCounts,
-    token_scope,
-)
+from kvfirewall.transport import shared_transport
+from kvfirewall.vaults import CONNECT_TIMEOUT, READ_TIMEOUT, USER_AGENT, WRITE_TIMEOUT, CallCounts
 
 # azure-mgmt-devopsinfrastructure 1.0.0 defaults to 2024-10-19, which has no static addresses.
 POOLS_API_VERSION = "2025-09-20"
@@ -95,16 +92,12 @@ class _Counter(SansIOHTTPPolicy):
 
 def classify(exc: Exception) -> PoolStatus:
     """A failed read as a pool status: transient (worth the next run) or permanent."""
-    if isinstance(exc, HttpResponseError) and exc.status_code is not None:
-        status = exc.status_code
-        if status == 404:
-            return PoolStatus.NOT_FOUND
-        if status in (401, 403):
-            return PoolStatus.FORBIDDEN
-        if 400 <= status < 500 and status not in (408, 429):
-            return PoolStatus.REJECTED
-        return PoolStatus.UNAVAILABLE
-    return PoolStatus.UNAVAILABLE
+    status = exc.status_code if isinstance(exc, HttpResponseError) else None
+    if status == 404:
+        return PoolStatus.NOT_FOUND
+    if status in (401, 403):
+        return PoolStatus.FORBIDDEN
+    return PoolStatus.UNAVAILABLE if is_transient(exc) else PoolStatus.REJECTED
 
 
 def describe(exc: Exception) -> str:
@@ -119,6 +112,9 @@ def describe(exc: Exception) -> str:
 
 
 _FAILURES = (HttpResponseError, ServiceRequestError, ServiceResponseError)
+# Every read: one attempt (see the module's docstring), with its own timeouts, since the
+# shared transport has none worth having.
+_ONCE = {"retry_total": 0, "connection_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT}
 
 
 class DiscoveryFailed(Exception):
@@ -134,9 +130,7 @@ class AgentNetworks:
 
     def __init__(self, *, endpoint: str, credential=None) -> None:
         if credential is None:
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential()
+            credential = default_credential(endpoint)
         self.endpoint = endpoint.rstrip("/")
         self.counts = CallCounts()
         self._credential = credential
@@ -158,8 +152,7 @@ class AgentNetworks:
             "credential_scopes": [token_scope(self.endpoint)],
             "per_retry_policies": [_Counter(self.counts, self._lock)],
             "user_agent": USER_AGENT,
-            "connection_timeout": CONNECT_TIMEOUT,
-            "read_timeout": READ_TIMEOUT,
+            "transport": shared_transport(),
         }
         factory: Callable[..., Any]
         if kind == "pools":
@@ -192,7 +185,7 @@ class AgentNetworks:
         return networks_of(ref, payload)
 
     def _get(self, ref: PoolRef) -> dict:
-        once = {"retry_total": 0}
+        once = _ONCE
         if ref.kind is PoolKind.MANAGED_DEVOPS_POOL:
             pools = self._client("pools", ref.subscription).pools
             return pools.get(ref.resource_group, ref.name, **once).as_dict()
@@ -212,7 +205,7 @@ class AgentNetworks:
         pools = self._client("pools", subscription).pools
         found = []
         try:
-            for pool in pools.list_by_subscription(retry_total=0):
+            for pool in pools.list_by_subscription(**_ONCE):
                 payload = pool.as_dict()
                 found.append(networks_of(parse_pool_id(payload["id"]), payload))
         except _FAILURES as exc:
@@ -235,7 +228,7 @@ class AgentNetworks:
         """Whether a subnet has the Microsoft.KeyVault service endpoint: one GET."""
         operations, names = self._subnets(subnet_id)
         try:
-            subnet = operations.get(*names, retry_total=0).as_dict()
+            subnet = operations.get(*names, **_ONCE).as_dict()
         except _FAILURES as exc:
             return SubnetEndpoint(subnet_id, EndpointStatus.UNREADABLE, detail=describe(exc))
         return endpoint_check(subnet_id, subnet)
@@ -250,7 +243,7 @@ class AgentNetworks:
         detail = ""
         for _ in range(ENDPOINT_FIX_ATTEMPTS):
             try:
-                current = operations.get(*names, retry_total=0).as_dict()
+                current = operations.get(*names, **_ONCE).as_dict()
             except _FAILURES as exc:
                 return EndpointFix(subnet_id, FixOutcome.FAILED, describe(exc))
             if endpoint_check(subnet_id, current).status is EndpointStatus.PRESENT:
@@ -264,6 +257,7 @@ class AgentNetworks:
                     headers={"If-Match": current["etag"]},
                     polling=False,
                     retry_total=0,
+                    connection_timeout=CONNECT_TIMEOUT,
                     read_timeout=WRITE_TIMEOUT,
                 )
             except HttpResponseError as exc:

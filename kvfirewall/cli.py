@@ -14,6 +14,7 @@ import sys
 import time
 from typing import TextIO
 
+from kvfirewall.errors import one_line
 from kvfirewall.report import VaultResult
 from kvfirewall.rules import RuleError, VaultRef, parse_vault_id
 from kvfirewall.service import Service
@@ -59,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             write=write, mode="enforce" if write else "plan", vault=vault, progress=progress
         )
     except Exception as exc:  # e.g. the state store is unreachable: say so, no traceback
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"kvfirewall: error: {type(exc).__name__}: {first}"[:600], file=sys.stderr)
+        print(f"kvfirewall: error: {one_line(exc)}", file=sys.stderr)
         return 1
     finally:
         progress.close()

@@ -11,6 +11,8 @@ Two backends behind one small interface: a local directory (CLI, tests) and Azur
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import hashlib
 import json
 import os
@@ -19,13 +21,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Protocol
 
+from kvfirewall.clouds import PUBLIC, default_credential
 from kvfirewall.ranges import Snapshot
 from kvfirewall.settings import StateLocation
+from kvfirewall.transport import DEADLINE_OPTION, Remaining, RequestTimeouts, shared_transport
 
 TABLE_NAME = "kvfirewallledger"
 LEASE_SECONDS = 60  # a Blob lease's longest fixed term; kept renewed while held
@@ -34,11 +38,12 @@ CONTAINER_NAME = "kvfirewall"
 SNAPSHOT_BLOB = "ranges/last-good.json"
 # Storage that is down or hangs should fail a run in seconds, not after the SDKs' minutes of
 # backoff and 60-300 s read timeouts: the next run (or Event Grid's redelivery, which waits only
-# 30 s for an answer) is the better retry. Entries and the snapshot are a few kB.
-TABLE_OPTIONS = {"retry_total": 1, "retry_backoff_factor": 0.5,
-                 "connection_timeout": 5, "read_timeout": 8}  # fmt: skip
+# 30 s for an answer) is the better retry. Entries and the snapshot are a few kB. The timeouts
+# are set per request (the transport is the process's, shared), cut to the run's budget.
+TABLE_OPTIONS = {"retry_total": 1, "retry_backoff_factor": 0.5}
 BLOB_OPTIONS = {"retry_total": 1, "initial_backoff": 1, "increment_base": 2,
-                "random_jitter_range": 1, "connection_timeout": 5, "read_timeout": 8}  # fmt: skip
+                "random_jitter_range": 1}  # fmt: skip
+STORAGE_TIMEOUTS = {"connect": 5.0, "read": 8.0}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +57,14 @@ class LedgerEntry:
     # The vault's creation time (systemData.createdAt): a vault deleted and created again under
     # the same id is another vault, and must not inherit this one's ownership.
     generation: str = ""
+    location: str = ""  # the vault's region: where its deleted vault is looked for
+    # A vault that answered 404 is kept, marked, while Key Vault can still recover it with its
+    # rules (soft-delete); these are when it was deleted and when it is purged (ISO 8601).
+    deleted_at: str = ""
+    purge_at: str = ""
+    # The stored version this entry was read as (a Table ETag, a file digest; "" when there
+    # was none): a write succeeds only over that version. Not part of the entry's value.
+    version: str = field(default="", compare=False)
 
     def __bool__(self) -> bool:
         return bool(self.ip_rules or self.subnets or self.pending_ip_rules or self.pending_subnets)
@@ -63,6 +76,9 @@ class LedgerEntry:
             "pendingIpRules": sorted(map(str, self.pending_ip_rules)),
             "pendingSubnets": sorted(self.pending_subnets),
             "generation": self.generation,
+            "location": self.location,
+            "deletedAt": self.deleted_at,
+            "purgeAt": self.purge_at,
         }
 
     @classmethod
@@ -73,7 +89,15 @@ class LedgerEntry:
             pending_ip_rules=frozenset(IPv4Network(v) for v in data.get("pendingIpRules", ())),
             pending_subnets=frozenset(data.get("pendingSubnets", ())),
             generation=str(data.get("generation", "")),
+            location=str(data.get("location", "")),
+            deleted_at=str(data.get("deletedAt", "")),
+            purge_at=str(data.get("purgeAt", "")),
         )
+
+
+class StaleEntry(Exception):
+    """The ledger entry changed since it was read (another holder wrote it, after this
+    one's lease ran out unnoticed): nothing was written; read it again and plan again."""
 
 
 class LeaseBusy(Exception):
@@ -102,7 +126,11 @@ class StateStore(Protocol):
 
     def read_entry(self, vault_key: str) -> LedgerEntry: ...
 
-    def write_entry(self, vault_key: str, entry: LedgerEntry) -> None: ...
+    def write_entry(self, vault_key: str, entry: LedgerEntry, *, base: LedgerEntry) -> LedgerEntry:
+        """Store `entry` (an empty one deletes it) over `base`, the entry as it was read;
+        `StaleEntry` if the stored entry is no longer that version. Returns `entry` with its
+        new version."""
+        ...
 
     def read_snapshot(self) -> Snapshot | None: ...
 
@@ -110,21 +138,52 @@ class StateStore(Protocol):
 
     def describe(self) -> str: ...
 
+    def within(self, remaining: Remaining) -> StateStore:
+        """The store for one run, whose calls end within `remaining()` seconds."""
+        ...
+
     def lease(
         self, vault_key: str, *, wait_seconds: float
     ) -> contextlib.AbstractContextManager[Lease]: ...
 
 
-def open_store(location: StateLocation) -> StateStore:
-    """The store for a validated `StateLocation`."""
+def open_store(location: StateLocation, *, arm_endpoint: str = PUBLIC.arm_endpoint) -> StateStore:
+    """The store for a validated `StateLocation`; identity-based storage signs in at the
+    cloud of `arm_endpoint`."""
     if location.kind == "local":
         return LocalStore(Path(location.value))
-    return AzureStore(location)
+    return AzureStore(location, arm_endpoint=arm_endpoint)
 
 
 def _row_key(vault_key: str) -> str:
     # Table keys may not hold '/', and ids are long: a digest is stable and safe.
     return hashlib.sha256(vault_key.encode()).hexdigest()
+
+
+# An Azure Table String property holds at most 64 KiB (32K UTF-16 code units) and an entity at
+# most 1 MiB in 255 properties: an entry's JSON is split across properties Entry0, Entry1, ...
+# (1,000 IP rules and 200 subnet ids of 200 characters, owned and pending: 4 of them).
+ENTRY_PROPERTY_CHARS = 30_000
+ENTRY_PROPERTIES = 30  # 900,000 characters: well within an entity's 1 MiB
+
+
+def _split(text: str) -> dict[str, str]:
+    parts = [text[i : i + ENTRY_PROPERTY_CHARS] for i in range(0, len(text), ENTRY_PROPERTY_CHARS)]
+    if len(parts) > ENTRY_PROPERTIES:
+        raise ValueError(f"a ledger entry of {len(text)} characters does not fit an entity")
+    return {f"Entry{n}": part for n, part in enumerate(parts)}
+
+
+def _joined(entity: dict) -> str:
+    """The entry's JSON from its properties (`Entry`, before entries were split)."""
+    if "Entry" in entity:
+        return entity["Entry"]
+    parts = []
+    while f"Entry{len(parts)}" in entity:
+        parts.append(entity[f"Entry{len(parts)}"])
+    if not parts:
+        raise KeyError("the ledger entity holds no entry")
+    return "".join(parts)
 
 
 def _poll(try_once: Callable[[], bool], wait_seconds: float, what: str) -> None:
@@ -188,6 +247,10 @@ class LocalStore:
     def describe(self) -> str:
         return f"directory {self.root}"
 
+    def within(self, remaining: Remaining) -> LocalStore:
+        """The same store: a local file is not a call worth cutting short."""
+        return self
+
     def _entry_path(self, vault_key: str) -> Path:
         return self.root / "ledger" / f"{_row_key(vault_key)}.json"
 
@@ -195,14 +258,29 @@ class LocalStore:
         path = self._entry_path(vault_key)
         if not path.exists():
             return LedgerEntry()
-        return LedgerEntry.from_json(json.loads(path.read_text()))
+        data = path.read_bytes()
+        return replace(LedgerEntry.from_json(json.loads(data)), version=_digest(data))
 
-    def write_entry(self, vault_key: str, entry: LedgerEntry) -> None:
+    def write_entry(self, vault_key: str, entry: LedgerEntry, *, base: LedgerEntry) -> LedgerEntry:
+        """Compare and swap under an exclusive lock of the entry's file: the digest of what
+        is stored must still be `base.version`."""
+        import fcntl
+
         path = self._entry_path(vault_key)
-        if not entry:
-            path.unlink(missing_ok=True)
-            return
-        _atomic_write(path, {"vaultId": vault_key, **entry.to_json()})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".swap"), "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # held for one file write: never for long
+            current = _digest(path.read_bytes()) if path.exists() else ""
+            if current != base.version:
+                raise StaleEntry(f"the ledger entry of {vault_key} changed since it was read")
+            if not entry:
+                path.unlink(missing_ok=True)
+                return LedgerEntry()
+            data = json.dumps(
+                {"vaultId": vault_key, **entry.to_json()}, indent=1, sort_keys=True
+            ).encode()
+            _atomic_write_bytes(path, data)
+            return replace(entry, version=_digest(data))
 
     def read_snapshot(self) -> Snapshot | None:
         path = self.root / SNAPSHOT_BLOB
@@ -235,18 +313,45 @@ class LocalStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _atomic_write(path: Path, data: dict) -> None:
+    _atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class _Bounded:
+    """A storage client whose calls carry their run's remaining time (`RequestTimeouts` reads
+    it); the blob clients it hands out do too. Leases taken through it are not bound: their
+    renewal and release outlive the call that took them."""
+
+    def __init__(self, client, remaining: Remaining) -> None:
+        self._client = client
+        self._remaining = remaining
+
+    def get_blob_client(self, *args, **kwargs) -> _Bounded:
+        return _Bounded(self._client.get_blob_client(*args, **kwargs), self._remaining)
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+        return functools.partial(attribute, **{DEADLINE_OPTION: self._remaining})
 
 
 class AzureStore:
@@ -258,28 +363,41 @@ class AzureStore:
         *,
         table: str = TABLE_NAME,
         container: str = CONTAINER_NAME,
+        arm_endpoint: str = PUBLIC.arm_endpoint,
     ) -> None:
         from azure.data.tables import TableServiceClient
         from azure.storage.blob import BlobServiceClient
 
         self._location = location
+        shared = {
+            "transport": shared_transport(),
+            "raw_request_hook": RequestTimeouts(**STORAGE_TIMEOUTS),
+        }
         if location.kind == "identity":
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential(
-                managed_identity_client_id=location.client_id or None
-            )
+            credential = default_credential(arm_endpoint, client_id=location.client_id)
             tables = TableServiceClient(
-                endpoint=location.table_url, credential=credential, **TABLE_OPTIONS
+                endpoint=location.table_url, credential=credential, **TABLE_OPTIONS, **shared
             )
             blobs = BlobServiceClient(
-                account_url=location.value, credential=credential, **BLOB_OPTIONS
+                account_url=location.value, credential=credential, **BLOB_OPTIONS, **shared
             )
         else:
-            tables = TableServiceClient.from_connection_string(location.value, **TABLE_OPTIONS)
-            blobs = BlobServiceClient.from_connection_string(location.value, **BLOB_OPTIONS)
+            tables = TableServiceClient.from_connection_string(
+                location.value, **TABLE_OPTIONS, **shared
+            )
+            blobs = BlobServiceClient.from_connection_string(
+                location.value, **BLOB_OPTIONS, **shared
+            )
         self._table = tables.get_table_client(table)
         self._container = blobs.get_container_client(container)
+
+    def within(self, remaining: Remaining) -> AzureStore:
+        """This store for one run: every storage call of it is cut to `remaining()`, the
+        seconds the run has left (its timeouts), and none starts once that is spent."""
+        bound = copy.copy(self)
+        bound._table = _Bounded(self._table, remaining)
+        bound._container = _Bounded(self._container, remaining)
+        return bound
 
     def describe(self) -> str:
         return self._location.describe()
@@ -311,24 +429,56 @@ class AzureStore:
             entity = self._table.get_entity(self._partition(vault_key), _row_key(vault_key))
         except ResourceNotFoundError:  # no entity, or no table yet
             return LedgerEntry()
-        return LedgerEntry.from_json(json.loads(entity["Entry"]))
+        entry = LedgerEntry.from_json(json.loads(_joined(entity)))
+        return replace(entry, version=entity.metadata["etag"])
 
-    def write_entry(self, vault_key: str, entry: LedgerEntry) -> None:
-        from azure.core.exceptions import ResourceNotFoundError
+    def write_entry(self, vault_key: str, entry: LedgerEntry, *, base: LedgerEntry) -> LedgerEntry:
+        """Conditional on the entity's ETag (`base.version`); created only if there was none
+        (409 if another holder created it meanwhile). Either way `StaleEntry` on a mismatch."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import (
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+        )
         from azure.data.tables import UpdateMode
 
         partition, row = self._partition(vault_key), _row_key(vault_key)
-        if not entry:
-            with contextlib.suppress(ResourceNotFoundError):
-                self._table.delete_entity(partition, row)
-            return
-        entity = {
-            "PartitionKey": partition,
-            "RowKey": row,
-            "VaultId": vault_key,
-            "Entry": json.dumps(entry.to_json(), separators=(",", ":")),
-        }
-        self._created(lambda: self._table.upsert_entity(entity, mode=UpdateMode.REPLACE))
+        stale = StaleEntry(f"the ledger entry of {vault_key} changed since it was read")
+        try:
+            if not entry:
+                if base.version:
+                    self._table.delete_entity(
+                        partition,
+                        row,
+                        etag=base.version,
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                return LedgerEntry()
+            entity = {
+                "PartitionKey": partition,
+                "RowKey": row,
+                "VaultId": vault_key,
+                **_split(json.dumps(entry.to_json(), separators=(",", ":"))),
+            }
+            if base.version:
+                metadata = self._table.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=base.version,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            else:
+                created: list = []
+                self._created(lambda: created.append(self._table.create_entity(entity)))
+                metadata = created[0]
+        except (ResourceModifiedError, ResourceExistsError):
+            raise stale from None
+        except ResourceNotFoundError:  # deleted since it was read
+            if entry or base.version:
+                raise stale from None
+            raise
+        return replace(entry, version=metadata["etag"])
 
     def read_snapshot(self) -> Snapshot | None:
         from azure.core.exceptions import ResourceNotFoundError

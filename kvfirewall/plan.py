@@ -42,6 +42,7 @@ class VaultState:
     public_network_access: str | None = None
     network_acls: Mapping | None = None  # REST shape: defaultAction, bypass, ipRules, ...
     created_at: str | None = None  # systemData.createdAt: tells a re-created vault apart
+    location: str | None = None  # where a deleted vault is looked for
 
 
 @dataclass(frozen=True)

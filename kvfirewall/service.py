@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kvfirewall.api import ReconcileRequest
+from kvfirewall.clouds import default_credential
 from kvfirewall.events import EventTarget, MalformedEvent, event_target
 from kvfirewall.geographies import GEOGRAPHY_REGIONS
 from kvfirewall.ledger import StateStore, open_store
@@ -64,7 +65,7 @@ class Service:
         """Open the configured store; a store the SDKs refuse is a settings error."""
 
         try:
-            store = open_store(settings.state)
+            store = open_store(settings.state, arm_endpoint=settings.arm_endpoint)
         except Exception as exc:  # the SDKs reject some connection strings only here
             raise SettingsError(
                 f"KVF_STATE: cannot use {settings.state.describe()}: {type(exc).__name__}"
@@ -76,9 +77,7 @@ class Service:
 
         with self._lock:
             if self._credential is None:
-                from azure.identity import DefaultAzureCredential
-
-                self._credential = DefaultAzureCredential()
+                self._credential = default_credential(self.settings.arm_endpoint)
         return Arm(
             endpoint=self.settings.arm_endpoint,
             subscriptions=self.settings.subscriptions,
@@ -104,10 +103,11 @@ class Service:
         thread_init: Callable[[], None] | None = None,
     ) -> Report:
 
+        arm = self.arm(budget_seconds=budget_seconds)
         return reconcile(
             self.settings,
-            store=self.store,
-            arm=self.arm(budget_seconds=budget_seconds),
+            store=self.store.within(arm.remaining),
+            arm=arm,
             write=write,
             mode=mode,
             vault=vault,
@@ -181,7 +181,7 @@ class Service:
         Read-only: nothing is stored, not even a newer snapshot."""
 
         arm = self.arm(budget_seconds=HTTP_BUDGET_SECONDS)
-        decision = resolve_ranges(self.settings, self.store, arm, save=False)
+        decision = resolve_ranges(self.settings, self.store.within(arm.remaining), arm, save=False)
         desired = desired_rules(self.settings, decision.snapshot)
 
         def prefixes(region: str) -> list[str]:

@@ -16,6 +16,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from kvfirewall.clouds import defaults_for
 from kvfirewall.geographies import GEOGRAPHY_REGIONS, canonical_geography
 from kvfirewall.rules import (
     SUBSCRIPTION_RE,
@@ -38,7 +39,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KVF_ADO_GEOGRAPHIES": ("Azure DevOps geographies, e.g. Europe,United States", ""),
     "KVF_ADO_REGIONS": ("extra regions whose AzureDevOps.<Region> ranges are allowed", ""),
     "KVF_IP_SOURCE": ("api, builtin, or an https URL / file path of a ServiceTags JSON", "api"),
-    "KVF_SERVICE_TAG_LOCATION": ("location passed to the Service Tag Discovery API", "westus"),
+    "KVF_SERVICE_TAG_LOCATION": (
+        "Service Tag Discovery API location (empty: one in KVF_ARM_ENDPOINT's cloud)",
+        "",
+    ),
     "KVF_AGENT_SUBNETS": ("comma-separated subnet resource ids of self-hosted agents", ""),
     "KVF_EXTRA_IP_RULES": ("comma-separated public IPv4 addresses/CIDRs always allowed", ""),
     "KVF_VAULT_TAG": ("name=value: only vaults carrying this tag are managed", ""),
@@ -156,12 +160,16 @@ class Settings:
                 "KVF_AGENT_SUBNETS or KVF_EXTRA_IP_RULES"
             )
 
+        arm_endpoint = _parse_arm_endpoint(get("KVF_ARM_ENDPOINT") or DEFAULT_ARM_ENDPOINT)
+        cloud = defaults_for(arm_endpoint)
         return cls(
             subscriptions=subscriptions,
             geographies=geographies,
             regions=regions,
             ip_source=_parse_ip_source(get("KVF_IP_SOURCE") or "api"),
-            service_tag_location=_parse_location(get("KVF_SERVICE_TAG_LOCATION") or "westus"),
+            service_tag_location=_parse_location(
+                get("KVF_SERVICE_TAG_LOCATION") or cloud.service_tag_location
+            ),
             agent_subnets=subnets,
             extra_ip_rules=extra,
             vault_tag=_parse_vault_tag(get("KVF_VAULT_TAG")),
@@ -170,8 +178,8 @@ class Settings:
             enable_disabled_vaults=_parse_switch(
                 "KVF_ENABLE_DISABLED_VAULTS", get("KVF_ENABLE_DISABLED_VAULTS")
             ),
-            arm_endpoint=_parse_arm_endpoint(get("KVF_ARM_ENDPOINT") or DEFAULT_ARM_ENDPOINT),
-            state=_parse_state(env),
+            arm_endpoint=arm_endpoint,
+            state=_parse_state(env, storage_suffix=cloud.storage_suffix),
             max_range_loss_percent=_parse_percent(get("KVF_MAX_RANGE_LOSS_PERCENT") or "20"),
         )
 
@@ -326,7 +334,7 @@ def _connection_fields(connection_string: str) -> dict[str, str]:
     return fields
 
 
-def _parse_state(env: Mapping[str, str]) -> StateLocation:
+def _parse_state(env: Mapping[str, str], *, storage_suffix: str) -> StateLocation:
     """KVF_STATE, else the Functions host's storage (AzureWebJobsStorage, by connection string
     or by identity), else ./.kvfirewall outside Functions.
 
@@ -339,7 +347,7 @@ def _parse_state(env: Mapping[str, str]) -> StateLocation:
             return StateLocation(kind="connection-string", value=_check_connection(source, value))
         if value:
             return StateLocation(kind="local", value=value)
-    identity = _identity_storage(env)
+    identity = _identity_storage(env, storage_suffix)
     if identity is not None:
         return identity
     if env.get("FUNCTIONS_WORKER_RUNTIME"):
@@ -373,8 +381,9 @@ def _check_connection(source: str, value: str) -> str:
     )
 
 
-def _identity_storage(env: Mapping[str, str]) -> StateLocation | None:
-    """Identity-based host storage: `AzureWebJobsStorage__accountName`, or the service URIs."""
+def _identity_storage(env: Mapping[str, str], storage_suffix: str) -> StateLocation | None:
+    """Identity-based host storage: `AzureWebJobsStorage__accountName` (in the cloud's storage
+    DNS suffix), or the service URIs."""
     prefix = "AzureWebJobsStorage__"
     account = env.get(prefix + "accountName", "").strip()
     blob = env.get(prefix + "blobServiceUri", "").strip()
@@ -385,8 +394,8 @@ def _identity_storage(env: Mapping[str, str]) -> StateLocation | None:
     if account:
         if not re.fullmatch(r"[a-z0-9]{3,24}", account):
             raise SettingsError(f"{prefix}accountName: {account!r} is not a storage account name")
-        blob = blob or f"https://{account}.blob.core.windows.net"
-        table = table or f"https://{account}.table.core.windows.net"
+        blob = blob or f"https://{account}.blob.{storage_suffix}"
+        table = table or f"https://{account}.table.{storage_suffix}"
     for name, url in (("blobServiceUri", blob), ("tableServiceUri", table)):
         if not url:
             raise SettingsError(f"{prefix}{name}: required for the kvfirewall ledger")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
+from kvfirewall.errors import one_line
 from kvfirewall.ranges import RangeSourceError, Snapshot, parse_service_tags
 from kvfirewall.settings import redact_url
 
@@ -60,7 +61,7 @@ def fetch_snapshot(
         try:
             document = api.service_tags(location)
         except Exception as exc:  # any SDK/transport failure is a source failure
-            raise RangeSourceError(f"api: {type(exc).__name__}: {_short(exc)}") from None
+            raise RangeSourceError(f"api: {one_line(exc)}") from None
         return parse_service_tags(document, source=f"api ({location})")
     if urlsplit(source).scheme.lower() == "https":
         shown = redact_url(source)
@@ -70,10 +71,6 @@ def fetch_snapshot(
         data = _download(source, max(1.0, budget))
         return parse_service_tags(_parse_json(data, shown), source=shown)
     return parse_service_tags(_parse_json(_read_file(Path(source)), source), source=source)
-
-
-def _short(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:300] if str(exc) else ""
 
 
 def _parse_json(data: bytes, source: str) -> object:
@@ -119,7 +116,7 @@ def _download(url: str, budget_seconds: float) -> bytes:
         try:
             response = requests.get(url, timeout=timeout, stream=True, allow_redirects=False)
         except requests.RequestException as exc:
-            raise error(f"{type(exc).__name__}: {_short(exc)}") from None
+            raise error(one_line(exc)) from None
         with response:
             if response.is_redirect:
                 url = urljoin(url, response.headers.get("Location", ""))
@@ -145,7 +142,7 @@ def _download(url: str, budget_seconds: float) -> bytes:
             except Exception as exc:  # whatever the cut connection raises
                 if time.monotonic() >= deadline:
                     raise error(f"took longer than {budget_seconds:g} s") from None
-                raise error(f"{type(exc).__name__}: {_short(exc)}") from None
+                raise error(one_line(exc)) from None
             finally:
                 watchdog.cancel()
             if time.monotonic() >= deadline:  # cut mid-body, the rest looked like a short read

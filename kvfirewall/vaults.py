@@ -28,20 +28,16 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
+from kvfirewall.clouds import default_credential, token_scope
+from kvfirewall.errors import is_transient, one_line
 from kvfirewall.plan import VaultState
 from kvfirewall.rules import VaultRef
+from kvfirewall.transport import OutOfTime, shared_transport
 
-# The documented token audiences of the known clouds; any other endpoint uses "<endpoint>/.default".
-KNOWN_SCOPES = {
-    "https://management.azure.com": "https://management.azure.com/.default",
-    "https://management.usgovcloudapi.net": "https://management.core.usgovcloudapi.net/.default",
-    "https://management.chinacloudapi.cn": "https://management.chinacloudapi.cn/.default",
-}
+__all__ = ["Arm", "Backoff", "CallCounts", "OutOfTime", "WriteFailed", "to_state", "token_scope"]
+
 SERVICE_TAGS_API_VERSION = "2024-05-01"
-# Client errors worth another attempt (after a fresh read): a timeout, a conflicting write in
-# progress, throttling. Every 4xx means the write was not applied; anything else (5xx, a
-# response cut off mid-body, an unexpected status) may have been.
-RETRYABLE_CLIENT_STATUS = frozenset({408, 409, 429})
+MAX_TAG_PAGES = 100  # Discovery API pages followed; the whole catalog is a few
 RETRYABLE_READ_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 READ_RETRY_SECONDS = 60.0
 # Resource Manager's token buckets, per subscription and principal: what each refills per
@@ -50,18 +46,17 @@ READ_RETRY_SECONDS = 60.0
 # the refill rate: a large run then goes as fast as the quota allows, without a storm of 429s.
 REFILL_PER_SECOND = {"reads": 25.0, "writes": 10.0}
 LOW_WATER = 20
+# The shared bucket of a subscription (x-ms-ratelimit-remaining-subscription-global-*), 15 times
+# a principal's, is drained by every principal: its refill is not all ours, so its mirror is
+# refilled at no more than our own bucket's rate.
+SHARED = "global"
+MIN_RETRY_AFTER = 1.0  # a shorter Retry-After (0 included) is backed off as if absent
 PACED_REQUEST_SECONDS = 10.0  # within a budget, a quota wait leaves the request this long
 WRITE_TIMEOUT = 30  # seconds to wait for a PATCH response; the retry budget bounds the rest
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 60
 USER_AGENT = "kvfirewall/0.1"
 T = TypeVar("T")
-
-
-def token_scope(endpoint: str) -> str:
-    """The credential scope that matches a Resource Manager endpoint."""
-    base = endpoint.rstrip("/")
-    return KNOWN_SCOPES.get(base.lower(), f"{base}/.default")
 
 
 @dataclass
@@ -86,8 +81,14 @@ class _Pacer:
     a caller told to wait asks again, by then with what the latest answers said.
     """
 
-    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, rate: float, clock: Callable[[], float], *, paced_until_known: bool = True
+    ) -> None:
+        """`paced_until_known`: before the first answer, go at the refill rate (a principal's
+        own bucket); else go freely until an answer tells (the shared bucket, whose header
+        Resource Manager may not send)."""
         self._rate = rate
+        self._paced_until_known = paced_until_known
         self._clock = clock
         self._lock = threading.Lock()
         self._known = False  # until the first answer that says what is left
@@ -110,12 +111,19 @@ class _Pacer:
         with self._lock:
             now = self._clock()
             self._refill(now)
+            if not (self._known or self._paced_until_known):
+                return 0.0
             short = self._reserve() + 1.0 - self._tokens
             wait = max(self._blocked_until - now, short / self._rate if short > 1e-6 else 0.0)
             if wait > 0:
                 return None if limit is not None and wait > limit else wait
             self._tokens -= 1.0
             return 0.0
+
+    def give_back(self) -> None:
+        """Return a token taken for a request that another bucket's mirror held back."""
+        with self._lock:
+            self._tokens += 1.0
 
     def observe(self, remaining: int | None, retry_after: float | None) -> None:
         """Take in what an answer said. It may be older than requests sent since, so it
@@ -160,10 +168,13 @@ class _CountingPolicy(SansIOHTTPPolicy):
         if len(parts) > 2 and parts[1].lower() == "subscriptions":
             headers = response.http_response.headers
             remaining = headers.get(f"x-ms-ratelimit-remaining-subscription-{kind}", "")
+            shared = headers.get(f"x-ms-ratelimit-remaining-subscription-{SHARED}-{kind}", "")
             retry_after = _seconds(headers.get("Retry-After")) if status == 429 else None
             self._pacer(parts[2].lower(), kind).observe(
                 int(remaining) if remaining.isdigit() else None, retry_after
             )
+            if shared.isdigit():
+                self._pacer(parts[2].lower(), f"{SHARED}-{kind}").observe(int(shared), None)
 
 
 class WriteFailed(Exception):
@@ -189,8 +200,13 @@ class WriteFailed(Exception):
         self.retry_after = retry_after
 
 
-class OutOfTime(Exception):
-    """The `Arm`'s time budget is spent: no further call is started."""
+@dataclass(frozen=True)
+class DeletedVault:
+    """A soft-deleted vault (Key Vault keeps every deleted vault for its retention period,
+    recoverable with its networkAcls): when it was deleted and when it is purged."""
+
+    deletion_date: str | None
+    scheduled_purge_date: str | None
 
 
 class Backoff:
@@ -206,10 +222,14 @@ class Backoff:
         self.attempts = 1
 
     def wait(self, retry_after: float | None) -> bool:
-        """Sleep before the next attempt; False (and no sleep) if that would pass the budget."""
+        """Sleep before the next attempt; False (and no sleep) if that would pass the budget.
+
+        A Retry-After under a second (`0` included) is no reason to try again at once: the
+        own backoff then applies, so that such answers cannot make a vault spin."""
         delay = retry_after
-        if delay is None:
-            delay = min(10.0, 0.5 * 2 ** (self.attempts - 1)) * random.uniform(0.5, 1.0)
+        if delay is None or delay < MIN_RETRY_AFTER:
+            own = min(10.0, 0.5 * 2 ** (self.attempts - 1)) * random.uniform(0.5, 1.0)
+            delay = max(delay or 0.0, own)
         if self._clock() + delay > self._deadline:
             return False
         self._sleep(delay)
@@ -234,9 +254,7 @@ class Arm:
         """`budget_seconds`: when set, no attempt or wait starts after that much time, and
         each request's timeout is cut to what is left (the caller's own deadline)."""
         if credential is None:
-            from azure.identity import DefaultAzureCredential
-
-            credential = DefaultAzureCredential()
+            credential = default_credential(endpoint)
         self.endpoint = endpoint.rstrip("/")
         self.subscriptions = subscriptions
         self.counts = CallCounts()
@@ -253,7 +271,10 @@ class Arm:
         with self._lock:
             key = (subscription.lower(), kind)
             if key not in self._pacers:
-                self._pacers[key] = _Pacer(REFILL_PER_SECOND[kind], self._clock)
+                own = kind.removeprefix(f"{SHARED}-")
+                self._pacers[key] = _Pacer(
+                    REFILL_PER_SECOND[own], self._clock, paced_until_known=own == kind
+                )
             return self._pacers[key]
 
     def pace_write(self, subscription: str) -> None:
@@ -262,13 +283,17 @@ class Arm:
         self._pace(subscription, "writes")
 
     def _pace(self, subscription: str, kind: str) -> None:
-        """Wait for the subscription's quota, but not into the time the request itself needs
-        (`OutOfTime` then, and no slot is taken)."""
-        pacer = self._pacer(subscription, kind)
+        """Wait for the subscription's quota, the principal's and the shared one, but not into
+        the time the request itself needs (`OutOfTime` then, and no slot is taken)."""
+        own, shared = self._pacer(subscription, kind), self._pacer(subscription, f"{SHARED}-{kind}")
         while True:
             remaining = self.remaining()
             limit = None if remaining is None else remaining - PACED_REQUEST_SECONDS
-            wait = pacer.take(limit)
+            wait = own.take(limit)
+            if wait == 0:
+                wait = shared.take(limit)
+                if wait != 0:
+                    own.give_back()
             if wait is None:
                 raise OutOfTime(
                     "the subscription's request quota does not refill within the budget"
@@ -290,8 +315,7 @@ class Arm:
                     credential_scopes=[token_scope(self.endpoint)],
                     per_retry_policies=[_CountingPolicy(self.counts, self._lock, self._pacer)],
                     user_agent=USER_AGENT,
-                    connection_timeout=CONNECT_TIMEOUT,
-                    read_timeout=READ_TIMEOUT,
+                    transport=shared_transport(),
                 )
                 self._clients[subscription] = client
             return client
@@ -371,6 +395,24 @@ class Arm:
             return None
         return to_state(vault)
 
+    def get_deleted_vault(self, ref: VaultRef, location: str) -> DeletedVault | None:
+        """The soft-deleted vault of this id in `location`, or None once it is purged (or
+        is not a deleted vault: recovered, or never deleted)."""
+        vaults = self._client(ref.subscription).vaults
+        try:
+            deleted = self._read(
+                ref.subscription, lambda **kw: vaults.get_deleted(ref.name, location, **kw)
+            )
+        except ResourceNotFoundError:
+            return None
+        properties = deleted.as_dict().get("properties") or {}
+        if str(properties.get("vaultId", "")).lower() != ref.id.lower():
+            return None  # a deleted vault of that name in another resource group
+        return DeletedVault(
+            deletion_date=properties.get("deletionDate"),
+            scheduled_purge_date=properties.get("scheduledPurgeDate"),
+        )
+
     def update_network_acls(
         self, ref: VaultRef, network_acls: dict, *, public_network_access: str | None = None
     ) -> VaultState:
@@ -396,11 +438,12 @@ class Arm:
                 read_timeout=self._timeout(WRITE_TIMEOUT),
             )
         except HttpResponseError as exc:
-            status = exc.status_code or 0
-            client_error = 400 <= status < 500
+            # Every 4xx means the write was not applied; anything else (5xx, a response cut
+            # off mid-body, an unexpected status) may have been.
+            client_error = 400 <= (exc.status_code or 0) < 500
             raise WriteFailed(
                 _describe(exc),
-                retryable=status in RETRYABLE_CLIENT_STATUS or not client_error,
+                retryable=is_transient(exc),  # after a fresh read
                 maybe_applied=not client_error,
                 retry_after=_retry_after(exc),
                 status=exc.status_code,
@@ -419,22 +462,39 @@ class Arm:
         return self._backoff(self._write_retry_seconds)
 
     def service_tags(self, location: str) -> dict:
-        """The Service Tag Discovery API document, through the first managed subscription."""
+        """The Service Tag Discovery API document, through the first managed subscription:
+        every page of it (`nextLink`), as one document, or an error. A page that fails fails
+        the whole document: a partial one would look like ranges removed."""
         from azure.core.rest import HttpRequest
 
         subscription = self.subscriptions[0]
         url = (
-            f"/subscriptions/{subscription}/providers/Microsoft.Network/locations/{location}"
-            f"/serviceTags?api-version={SERVICE_TAGS_API_VERSION}"
+            f"{self.endpoint}/subscriptions/{subscription}/providers/Microsoft.Network"
+            f"/locations/{location}/serviceTags?api-version={SERVICE_TAGS_API_VERSION}"
         )
         client = self._client(subscription)
 
-        def call(**options):
+        def call(url: str = url, **options) -> dict:
             response = client.send_request(HttpRequest("GET", url), **options)
             response.raise_for_status()
             return response.json()
 
-        return self._read(subscription, call)
+        document = self._read(subscription, call)
+        values = list(document.get("values") or [])
+        for _ in range(MAX_TAG_PAGES):
+            link = document.get("nextLink")
+            if not link:
+                return {**document, "values": values}
+            if not _same_origin(link, self.endpoint):  # the token goes only to Resource Manager
+                raise ValueError(f"serviceTags nextLink leaves {self.endpoint}: {link[:200]}")
+            document = self._read(subscription, lambda link=link, **kw: call(link, **kw))
+            values.extend(document.get("values") or [])
+        raise ValueError(f"serviceTags: more than {MAX_TAG_PAGES} pages")
+
+
+def _same_origin(url: str, base: str) -> bool:
+    a, b = urlsplit(url), urlsplit(base)
+    return (a.scheme.lower(), a.netloc.lower()) == (b.scheme.lower(), b.netloc.lower())
 
 
 def _retry_after(exc: HttpResponseError) -> float | None:
@@ -453,11 +513,10 @@ def _seconds(value: str | None) -> float | None:
 def _describe(exc: Exception) -> str:
     """The ARM error code and message, without request ids or headers."""
     if not isinstance(exc, HttpResponseError):
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        return f"{type(exc).__name__}: {first}"[:500]
+        return one_line(exc)
     error = getattr(exc, "error", None)
     code = getattr(error, "code", None) or exc.reason or "Error"
-    message = getattr(error, "message", None) or str(exc).splitlines()[0]
+    message = getattr(error, "message", None) or one_line(exc)
     return f"HTTP {exc.status_code} {code}: {message}"[:500]
 
 
@@ -471,4 +530,5 @@ def to_state(vault) -> VaultState:
         public_network_access=properties.get("publicNetworkAccess"),
         network_acls=properties.get("networkAcls"),
         created_at=(data.get("systemData") or {}).get("createdAt"),
+        location=data.get("location"),
     )

@@ -603,3 +603,45 @@ def test_a_lost_response_applies_the_write_then_drops_the_connection(emulator, c
     assert emulator.vault(vault_id)["properties"]["publicNetworkAccess"] == "Disabled"
     client.vaults.update("rg", "kv-lost", {"properties": {"publicNetworkAccess": "Enabled"}})
     assert emulator.vault(vault_id)["properties"]["publicNetworkAccess"] == "Enabled"
+
+
+def test_a_deleted_vault_is_kept_until_purged_and_recovers_as_it_was(emulator, client):
+    vault_id = emulator.add_vault(
+        SUB,
+        "rg",
+        "kv-soft",
+        location="West Europe",
+        network_acls={"ipRules": [{"value": "1.2.3.4"}]},
+    )
+    created = emulator.vault(vault_id)["systemData"]["createdAt"]
+    emulator.delete_vault(vault_id, retention_days=7)
+    with pytest.raises(ResourceNotFoundError):
+        client.vaults.get("rg", "kv-soft")
+    deleted = client.vaults.get_deleted("kv-soft", "westeurope").as_dict()
+    assert deleted["type"] == "Microsoft.KeyVault/deletedVaults"
+    assert deleted["id"].endswith(
+        "/providers/Microsoft.KeyVault/locations/westeurope/deletedVaults/kv-soft"
+    )
+    props = deleted["properties"]
+    assert (props["vaultId"], props["location"]) == (vault_id, "westeurope")
+    assert set(props) == {
+        "vaultId",
+        "location",
+        "deletionDate",
+        "scheduledPurgeDate",
+        "tags",
+        "purgeProtectionEnabled",
+    }
+    assert props["scheduledPurgeDate"] > props["deletionDate"]
+
+    emulator.recover_vault(vault_id)
+    again = client.vaults.get("rg", "kv-soft").as_dict()
+    assert again["systemData"]["createdAt"] == created
+    assert again["properties"]["networkAcls"]["ipRules"] == [{"value": "1.2.3.4/32"}]
+    with pytest.raises(ResourceNotFoundError):
+        client.vaults.get_deleted("kv-soft", "westeurope")
+
+    emulator.delete_vault(vault_id)
+    emulator.purge_vault(vault_id)
+    with pytest.raises(ResourceNotFoundError):
+        client.vaults.get_deleted("kv-soft", "westeurope")

@@ -536,6 +536,61 @@ def test_transient_failures_raise_within_the_budget_so_event_grid_redelivers(
     assert emulator.reads > 1 if not headers else emulator.reads == 1
 
 
+def logged_vaults(caplog) -> list[dict]:
+    """The vaults of the reports the functions logged."""
+    found = []
+    for record in caplog.records:
+        message = record.getMessage()
+        if message.startswith('kvfirewall report {"vaults"'):
+            found += json.loads(message.removeprefix("kvfirewall report "))["vaults"]
+    return found
+
+
+def corrupt_ledger_entry(connection: str, vault_id: str) -> None:
+    """Overwrite a vault's ledger entity with text that is not an entry."""
+    from azure.data.tables import TableServiceClient, UpdateMode
+
+    table = TableServiceClient.from_connection_string(connection).get_table_client(
+        "kvfirewallledger"
+    )
+    [entity] = [e for e in table.list_entities() if e["VaultId"] == vault_id.lower()]
+    fields = {k: "{not json" for k in entity if k not in ("PartitionKey", "RowKey", "VaultId")}
+    table.update_entity({**entity, **fields}, mode=UpdateMode.MERGE)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(403, "AuthorizationFailed"), (400, "BadRequest")], ids=["403", "400"]
+)
+def test_a_permanent_failure_is_logged_and_the_event_not_delivered_again(
+    emulator, estate, caplog, status, code
+):
+    run_timer()
+    emulator.fail(
+        "GET", "kv-bare$", status, times=1000, body={"error": {"code": code, "message": "no"}}
+    )
+    emulator.clear_log()
+    caplog.set_level(logging.INFO, logger="kvfirewall")
+    deliver(write_event(estate["bare"]))  # returns normally: Event Grid is done with it
+    [vault] = logged_vaults(caplog)
+    assert (vault["outcome"], vault["retryable"]) == ("failed", False)
+    assert code in vault["error"]
+    assert emulator.reads == 1  # the vault's GET was not retried either
+
+
+def test_a_corrupt_ledger_entry_fails_the_vault_for_good_and_writes_nothing(
+    emulator, estate, app_env, caplog
+):
+    run_timer()
+    corrupt_ledger_entry(app_env["AzureWebJobsStorage"], estate["bare"])
+    emulator.set_service_tags({**OCTOBER, "changeNumber": 99})
+    emulator.clear_log()
+    caplog.set_level(logging.INFO, logger="kvfirewall")
+    deliver(write_event(estate["bare"]))
+    [vault] = logged_vaults(caplog)
+    assert (vault["outcome"], vault["retryable"]) == ("failed", False)
+    assert emulator.writes == 0
+
+
 @pytest.fixture
 def hung_storage(app_env, monkeypatch):
     """Host storage that accepts connections and never answers (an overloaded account, a
@@ -690,7 +745,8 @@ def test_listing_stops_when_the_http_budget_runs_out(emulator, estate, monkeypat
         emulator.add_vault(SUB_A, "many", f"kv-many-{n:02}", tags=TAG)
     emulator.page_size = 1
     emulator.latency = 0.3
-    monkeypatch.setattr("kvfirewall.reconcile.VAULT_RESERVE_SECONDS", 2.0)
+    monkeypatch.setattr("kvfirewall.reconcile.VAULT_RESERVE_SECONDS", 2.0)  # listing
+    monkeypatch.setattr("kvfirewall.writer.VAULT_RESERVE_SECONDS", 2.0)  # starting a vault
     monkeypatch.setattr(service_module, "HTTP_BUDGET_SECONDS", 4.0)
     started = time.monotonic()
     status, report = http("GET", "plan")
@@ -720,3 +776,28 @@ def test_audit_mode_makes_no_write_from_any_trigger(emulator, estate, monkeypatc
     status, report = http("POST", "reconcile")
     assert status == 200 and report["mode"] == "audit" and report["counts"]["planned"] == 3
     assert emulator.writes == 0
+
+
+def test_a_warm_instance_reuses_its_connections_across_200_events(emulator, estate):
+    """200 deliveries in one process open a handful of Resource Manager connections, not one
+    (TLS handshake and all) per event."""
+    deliver(write_event(estate["bare"]))  # the first fixes the vault; the rest find it so
+    emulator.clear_log()
+    for _ in range(200):
+        deliver(write_event(estate["bare"]))
+    assert emulator.reads == 200 and emulator.writes == 0
+    assert emulator.connections <= 4
+
+
+def test_a_run_with_all_its_workers_busy_keeps_to_one_connection_each(emulator, app_env):
+    """32 workers at once need up to 32 connections (and the listers theirs); a pool smaller
+    than that would open and discard a new one for request after request."""
+    from kvfirewall.reconcile import LISTERS, WORKERS
+
+    for index in range(150):
+        emulator.add_vault(SUB_A, "apps", f"kv-{index:03}", tags=TAG)
+    emulator.latency = 0.01  # requests overlap, as at Resource Manager's latency
+    emulator.clear_log()
+    run_timer()
+    assert emulator.writes == 150
+    assert emulator.connections <= WORKERS + LISTERS + 4

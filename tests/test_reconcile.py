@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import threading
 import time
+from datetime import datetime
 from ipaddress import IPv4Network, ip_network
 from pathlib import Path
 
 import pytest
 
 from kvfirewall import reconcile as engine
+from kvfirewall import writer
 from kvfirewall.ledger import LedgerEntry, LocalStore, open_store
 from kvfirewall.reconcile import reconcile
 from kvfirewall.rules import parse_vault_id
 from kvfirewall.settings import Settings
 from kvfirewall.vaults import Arm, WriteFailed
+from kvfirewall.writer import same_instant
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OCTOBER = json.loads((FIXTURES / "ServiceTags_Public_20251028.AzureDevOps-only.json").read_text())
@@ -558,15 +562,67 @@ def test_a_vault_created_again_under_the_same_id_inherits_no_ownership(emulator,
     assert WEU in nets(emulator, estate["bare"])  # the new owners' rule
 
 
-def test_a_deleted_vault_loses_its_ledger_entry(emulator, estate, run, tmp_path, monkeypatch):
+def test_a_deleted_vault_keeps_its_ledger_entry_marked(
+    emulator, estate, run, tmp_path, monkeypatch
+):
+    """Key Vault can recover a deleted vault with its rules: its entry must outlive it."""
     run(vault=estate["bare"])
-    store = LocalStore(tmp_path / "state")
-    assert store.read_entry(estate["bare"].lower())
+    entry = ledger_of(tmp_path, estate["bare"])
+    assert WEU in entry.ip_rules and entry.location == "westeurope" and not entry.deleted_at
     emulator.set_service_tags(weu_moved())
     after_listing(monkeypatch, lambda: emulator.delete_vault(estate["bare"]))
     bare = next(v for v in run().vaults if v.id.endswith("kv-bare"))
     assert (bare.outcome, bare.reason) == ("skipped", "vault deleted meanwhile")
-    assert store.read_entry(estate["bare"].lower()) == LedgerEntry()
+    marked = ledger_of(tmp_path, estate["bare"])
+    assert marked.ip_rules == entry.ip_rules and marked.deleted_at and marked.purge_at
+    assert any(
+        r.path.endswith("/locations/westeurope/deletedVaults/kv-bare") for r in emulator.requests
+    )
+
+
+def test_a_recovered_vault_s_rules_are_kvfirewall_s_again(emulator, estate, run, tmp_path):
+    run(vault=estate["bare"])
+    emulator.delete_vault(estate["bare"])
+    assert [v.reason for v in run(vault=estate["bare"]).vaults] == ["vault not found"]
+    emulator.recover_vault(estate["bare"])
+    emulator.set_service_tags(weu_moved())
+
+    assert [v.outcome for v in run(vault=estate["bare"]).vaults] == ["updated"]
+
+    assert WEU not in nets(emulator, estate["bare"])  # removed: it was ours
+    values = [r["value"] for r in acls(emulator, estate["bare"])["ipRules"]]
+    assert len(values) == len(set(values)) and f"{NEW_WEU}" in values
+    assert not ledger_of(tmp_path, estate["bare"]).deleted_at
+
+
+def test_a_purged_vault_s_entry_is_forgotten(emulator, estate, run, tmp_path):
+    run(vault=estate["bare"])
+    emulator.delete_vault(estate["bare"])
+    run(vault=estate["bare"])
+    assert ledger_of(tmp_path, estate["bare"]).deleted_at
+    emulator.purge_vault(estate["bare"])
+    run(vault=estate["bare"])
+    assert ledger_of(tmp_path, estate["bare"]) == LedgerEntry()
+
+
+def test_an_entry_is_forgotten_once_the_scheduled_purge_date_has_passed(
+    emulator, estate, run, tmp_path
+):
+    run(vault=estate["bare"])
+    emulator.delete_vault(estate["bare"], retention_days=0)  # purged from now on
+    run(vault=estate["bare"])
+    assert ledger_of(tmp_path, estate["bare"]) == LedgerEntry()
+
+
+def test_marking_a_deleted_vault_waits_for_its_lease(emulator, estate, run, tmp_path, monkeypatch):
+    run(vault=estate["bare"])
+    monkeypatch.setattr(writer, "LEASE_WAIT_SECONDS", 0.0)
+    emulator.delete_vault(estate["bare"])
+    entry = ledger_of(tmp_path, estate["bare"])
+    with LocalStore(tmp_path / "state").lease(estate["bare"].lower(), wait_seconds=0):
+        report = run(vault=estate["bare"])
+        assert (report.vaults[0].outcome, report.vaults[0].retryable) == ("skipped", True)
+        assert ledger_of(tmp_path, estate["bare"]) == entry
 
 
 def test_a_vault_deleted_between_read_and_write_is_skipped(emulator, estate, run):
@@ -764,3 +820,54 @@ def test_listing_stops_when_the_run_stops(emulator, run, tmp_path):
     time.sleep(1.0)  # a lister would go on paging in the background
     pages = sum(r.path.endswith("/vaults") for r in emulator.requests)
     assert pages <= ahead // emulator.page_size + engine.LISTERS + 2 < 2 * ahead // 4
+
+
+def test_creation_times_are_compared_as_instants():
+    assert same_instant("2025-01-01T00:00:00Z", "2025-01-01T00:00:00.0000000+00:00")
+    assert same_instant("2025-01-01T01:00:00+01:00", "2025-01-01T00:00:00Z")
+    assert not same_instant("2025-01-01T00:00:00Z", "2025-01-01T00:00:01Z")
+    assert not same_instant("yesterday", "today") and same_instant("today", "today")
+
+
+def test_a_creation_time_written_with_another_precision_is_still_the_same_vault(
+    emulator, estate, run, tmp_path
+):
+    """Ownership survives Resource Manager writing the vault's createdAt another way."""
+    run(vault=estate["bare"])
+    store = LocalStore(tmp_path / "state")
+    key = estate["bare"].lower()
+    created = emulator.vault(estate["bare"])["systemData"]["createdAt"]  # 7 digits and Z
+    same = datetime.fromisoformat(created).isoformat()  # 6 digits and +00:00
+    assert same != created
+    stored = store.read_entry(key)
+    store.write_entry(key, dataclasses.replace(stored, generation=same), base=stored)
+    emulator.set_service_tags(weu_moved())
+    run(vault=estate["bare"])
+    assert WEU not in nets(emulator, estate["bare"])  # still known as kvfirewall's
+
+
+def test_a_ledger_entry_written_by_another_holder_is_not_overwritten_and_the_run_converges(
+    emulator, estate, run, tmp_path
+):
+    """Another holder (this run's lease ran out unnoticed) writes the vault and its entry
+    after this run read the entry: this run's next ledger write finds it changed, reads it
+    again and plans again, so the other holder's claim survives."""
+    store = LocalStore(tmp_path / "state")
+    key = estate["bare"].lower()
+    reads = []
+
+    def another_holder_writes(_emulator) -> None:
+        reads.append(1)
+        if len(reads) == 2:  # just before this run's fresh read under its lease
+            emulator.write_as(estate["bare"], network_acls={"ipRules": [{"value": str(WEU)}]})
+            claim = LedgerEntry(pending_ip_rules=frozenset({WEU}))
+            store.write_entry(key, claim, base=store.read_entry(key))
+
+    emulator.intercept("GET", "kv-bare$", before=another_holder_writes, times=2)
+    report = run(vault=estate["bare"])
+
+    assert [v.outcome for v in report.vaults] == ["updated"]
+    assert WEU in ledger_of(tmp_path, estate["bare"]).ip_rules  # their claim survived
+    emulator.set_service_tags(weu_moved())
+    run(vault=estate["bare"])
+    assert WEU not in nets(emulator, estate["bare"])  # and so it is removed when Azure drops it

@@ -108,3 +108,49 @@ def test_a_server_that_trickles_is_cut_off_at_the_deadline(emulator):
             f"{emulator.url}/slow/ServiceTags.json", location="westus", api=None, budget_seconds=2
         )
     assert time.monotonic() - started < 4
+
+
+def test_the_discovery_api_is_read_page_by_page(emulator):
+    """Resource Manager may split the answer with nextLink: every page's prefixes count."""
+    doc = json.loads(OCTOBER)
+    emulator.set_service_tags(doc)
+    whole = fetch("api", api=Arm(endpoint=emulator.url, subscriptions=(SUB,)))
+    emulator.clear_log()
+    emulator.tags_page_size = 7
+    paged = fetch("api", api=Arm(endpoint=emulator.url, subscriptions=(SUB,)))
+    pages = len(emulator.requests)
+    assert pages == -(-len(doc["values"]) // 7) > 2
+    assert paged.regions == whole.regions and paged.version == whole.version
+    last_page = doc["values"][-1]["properties"]
+    assert {str(p) for p in paged.regions[last_page["region"]]} >= {
+        p for p in last_page["addressPrefixes"] if ":" not in p
+    }
+
+
+def test_a_failing_later_page_fails_the_source_and_the_last_good_ranges_stay(emulator, tmp_path):
+    from kvfirewall.ledger import LocalStore
+    from kvfirewall.reconcile import resolve_ranges
+
+    emulator.set_service_tags(json.loads(OCTOBER))
+    emulator.tags_page_size = 7
+    settings = Settings.from_env(
+        {"KVF_SUBSCRIPTIONS": SUB, "KVF_ADO_GEOGRAPHIES": "Europe", **emulator.env()}
+    )
+    store = LocalStore(tmp_path)
+    arm = Arm(endpoint=emulator.url, subscriptions=(SUB,), budget_seconds=5.0)
+    good = resolve_ranges(settings, store, arm, save=True)
+    assert good.status != "kept-last-good"
+    # The first page answers; every later one fails (404 is not retried).
+    emulator.intercept(
+        "GET", "serviceTags", after=lambda emu: emu.fail("GET", "serviceTags", 404, times=99)
+    )
+    with pytest.raises(RangeSourceError, match="api: "):
+        fetch("api", api=Arm(endpoint=emulator.url, subscriptions=(SUB,)))
+    emulator.clear_faults()
+    emulator.intercept(
+        "GET", "serviceTags", after=lambda emu: emu.fail("GET", "serviceTags", 404, times=99)
+    )
+    arm = Arm(endpoint=emulator.url, subscriptions=(SUB,), budget_seconds=5.0)
+    kept = resolve_ranges(settings, store, arm, save=True)
+    assert kept.status == "kept-last-good"
+    assert kept.snapshot.regions == good.snapshot.regions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from azure.core.exceptions import HttpResponseError
 
 from kvfirewall.rules import parse_vault_id
 from kvfirewall.vaults import Arm, OutOfTime, WriteFailed, token_scope
@@ -180,3 +181,50 @@ def test_a_quota_wait_never_eats_the_time_its_request_needs(emulator):
     now[0] = 12.0  # the Retry-After has passed; 3 s of budget left, and no wait now
     arm.pace_write(SUB)
     assert slept == []
+
+
+@pytest.mark.parametrize("retry_after", ["0", "0.2"])
+def test_a_sub_second_retry_after_does_not_spin(emulator, retry_after):
+    """A 429 that says to retry at once is backed off from 0.5 s, growing: a vault sees a
+    handful of attempts in 3 s, not a storm."""
+    ref = parse_vault_id(emulator.add_vault(SUB, "rg", "kv-one"))
+    emulator.fail("GET", "kv-one", 429, times=200, headers={"Retry-After": retry_after})
+    fake = FakeTime()
+    arm = Arm(
+        endpoint=emulator.url,
+        subscriptions=(SUB,),
+        budget_seconds=3.0,
+        sleep=fake.sleep,
+        clock=fake.clock,
+    )
+    with pytest.raises(HttpResponseError):
+        arm.get_vault(ref)
+    attempts = sum(r.method == "GET" for r in emulator.requests)
+    assert 3 <= attempts <= 6
+    assert fake.now <= 3.0
+    backoff = Arm(
+        endpoint=emulator.url,
+        subscriptions=(SUB,),
+        write_retry_seconds=3.0,
+        sleep=fake.sleep,
+        clock=fake.clock,
+    ).write_backoff()
+    waits = 0
+    while backoff.wait(0.0):
+        waits += 1
+    assert 2 <= waits <= 5
+
+
+def test_the_shared_bucket_other_principals_drained_paces_the_writes(emulator):
+    """The shared (global) write bucket is down to 30 tokens, refilled at 10/s, while this
+    principal's own bucket is full: the writes follow the shared header and none is refused."""
+    fake = FakeTime()
+    emulator.clock = fake.clock  # the emulator's buckets refill on the same simulated clock
+    emulator.throttle(reads=None, writes=(200, 10.0), shared_writes=(30, 10.0))
+    ref = parse_vault_id(emulator.add_vault(SUB, "rg", "kv-one"))
+    arm = Arm(endpoint=emulator.url, subscriptions=(SUB,), sleep=fake.sleep, clock=fake.clock)
+    for index in range(60):
+        arm.pace_write(SUB)
+        arm.update_network_acls(ref, {**ACLS, "ipRules": [{"value": f"52.1.2.{index}"}]})
+    assert arm.counts.throttled == 0 and emulator.writes == 60
+    assert fake.now >= (60 - 30) / 10.0  # paced at the shared refill, not the own one

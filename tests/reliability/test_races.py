@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kvfirewall import reconcile as reconcile_module
+from kvfirewall import writer
 from kvfirewall.ledger import AzureStore
 from kvfirewall.rules import parse_vault_id
 from kvfirewall.service import RetryLater, Service
@@ -136,7 +136,7 @@ def test_a_stale_write_over_ours_is_detected_and_our_rules_are_put_back(estate, 
 def test_a_vault_busy_in_another_run_is_left_to_it_and_an_event_is_redelivered(
     estate, figures, monkeypatch
 ):
-    monkeypatch.setattr(reconcile_module, "LEASE_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(writer, "LEASE_WAIT_SECONDS", 0.5)
     target = next(v for v in estate.vaults if "bare-002" in v)
     service = Service(estate.settings(), store=estate.store())
     with estate.store().lease(target.lower(), wait_seconds=0):
