@@ -10,8 +10,8 @@ Resource Manager costs one request per pool, not a retry storm.
 
 Clients are made per subscription and kind, in the credential and endpoint style of
 `kvfirewall.vaults.Arm` (the cloud's credential and token scope, the shared transport), with
-their SDKs imported on first use: a cold start that resolves no
-pool does not pay for azure-mgmt-compute or azure-mgmt-network.
+their SDKs imported on first use: a cold start that resolves no pool does not pay for
+azure-mgmt-compute or azure-mgmt-network.
 """
 
 from __future__ import annotations
