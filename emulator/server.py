@@ -38,7 +38,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import trustme
 
-from . import entra, rbac, servicetags, vaults
+from . import agentnets, entra, rbac, servicetags, vaults
 from .errors import ArmError, bad_request
 
 __all__ = ["READ_BUCKET", "SHARED_FACTOR", "WRITE_BUCKET", "Emulator", "Recorded"]
@@ -363,6 +363,8 @@ class Emulator:
             # with the vault as it was, its deletion and its scheduled purge date.
             self._deleted: dict[tuple[str, str, str], dict[str, Any]] = {}
             self._subnets: dict[str, bool] = {}
+            # Pools, scale sets, network settings and subnet documents: `agentnets`.
+            self.agent_networks = agentnets.AgentNetworks(self._subnets)
             self._service_tags: dict[str, Any] | None = None
             self._files: dict[str, tuple[bytes, str, float]] = {}
             self._redirects: dict[str, str] = {}
@@ -1036,6 +1038,18 @@ class Emulator:
                     )
                 shaped = servicetags.api_shape(doc, m["sub"])
             return 200, self._tags_page(shaped, path, query)
+        answer = self.agent_networks.route(
+            method,
+            path,
+            query,
+            headers,
+            body,
+            caller=caller,
+            base_url=self.url,
+            page_size=self.page_size,
+        )
+        if answer is not None:
+            return answer
         raise ArmError(
             404,
             "InvalidResourceType",
