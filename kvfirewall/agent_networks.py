@@ -26,7 +26,7 @@ from azure.core.exceptions import HttpResponseError, ServiceRequestError, Servic
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
 from kvfirewall.clouds import default_credential, token_scope
-from kvfirewall.errors import is_transient
+from kvfirewall.errors import is_transient, one_line
 from kvfirewall.pools import (
     EndpointStatus,
     PoolKind,
@@ -103,11 +103,12 @@ def classify(exc: Exception) -> PoolStatus:
 def describe(exc: Exception) -> str:
     """The ARM error code and message, without request ids or headers."""
     if not isinstance(exc, HttpResponseError):
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        return f"{type(exc).__name__}: {first}"[:300]
+        return one_line(exc)
     error = getattr(exc, "error", None)
     code = getattr(error, "code", None) or exc.reason or "Error"
-    message = getattr(error, "message", None) or str(exc).splitlines()[0]
+    message = getattr(error, "message", None) or one_line(exc).removeprefix(
+        f"{type(exc).__name__}: "
+    )
     return f"HTTP {exc.status_code} {code}: {message}"[:300]
 
 
