@@ -66,6 +66,7 @@ COLUMNS = (
     ("writes", "writes", "{}"),
     ("429s client/emulator", "throttled", "{}"),
     ("peak RSS MB", "peakRssMb", "{:.0f}"),
+    ("CPU ms/vault", "cpuMsPerVault", "{:.2f}"),
     ("writes/s", "writesPerSecond", "{:.1f}"),
     ("quota use", "quotaUse", "{:.0%}"),
     ("429/writes", "throttledShare", "{:.1%}"),
@@ -204,6 +205,10 @@ def row(
         "listPages": list_pages(args.vaults, args.subscriptions, args.page_size),
         "peakRssMb": round(result["peakRssMb"], 1),
         "cpuSeconds": round(result["cpuSeconds"], 2),
+        "runCpuSeconds": round(result["runCpuSeconds"], 3),
+        "cpuMsPerVault": round(1000 * result["runCpuSeconds"] / result["vaultsReconciled"], 3)
+        if result["vaultsReconciled"]
+        else None,
         "emulatorCpuSeconds": round(emu["cpuSeconds"] - emulator_cpu_before, 2),
         "writesPerSecond": round(applied / seconds, 2) if quota and seconds > 0 else None,
         "quotaCeilingWrites": round(ceiling) if quota else None,

@@ -37,6 +37,7 @@ from kvfirewall.report import (
     parse_report_name,
     report_info,
 )
+from kvfirewall.rules import PARSED_RULES
 from kvfirewall.settings import DEFAULT_REPORT_DAYS, StateLocation
 from kvfirewall.transport import DEADLINE_OPTION, Remaining, RequestTimeouts, shared_transport
 
@@ -94,15 +95,21 @@ class LedgerEntry:
     @classmethod
     def from_json(cls, data: dict) -> LedgerEntry:
         return cls(
-            ip_rules=frozenset(IPv4Network(v) for v in data.get("ipRules", ())),
+            ip_rules=frozenset(map(_network, data.get("ipRules", ()))),
             subnets=frozenset(data.get("subnets", ())),
-            pending_ip_rules=frozenset(IPv4Network(v) for v in data.get("pendingIpRules", ())),
+            pending_ip_rules=frozenset(map(_network, data.get("pendingIpRules", ()))),
             pending_subnets=frozenset(data.get("pendingSubnets", ())),
             generation=str(data.get("generation", "")),
             location=str(data.get("location", "")),
             deleted_at=str(data.get("deletedAt", "")),
             purge_at=str(data.get("purgeAt", "")),
         )
+
+
+@functools.lru_cache(maxsize=PARSED_RULES)
+def _network(text: str) -> IPv4Network:
+    """A stored network (strictly parsed); cached, as every entry holds the same ranges."""
+    return IPv4Network(text)
 
 
 class StaleEntry(Exception):
@@ -334,9 +341,10 @@ class LocalStore:
                 path.unlink(missing_ok=True)
                 return LedgerEntry()
             data = json.dumps(
-                {"vaultId": vault_key, **entry.to_json()}, indent=1, sort_keys=True
+                {"vaultId": vault_key, **entry.to_json()}, sort_keys=True, separators=(",", ":")
             ).encode()
-            _atomic_write_bytes(path, data)
+            # The lock is exclusive: a temporary name of the entry's own is free.
+            _atomic_write_bytes(path, data, temporary=path.with_name(f".tmp-{path.name}"))
             return replace(entry, version=_digest(data))
 
     def read_snapshot(self) -> Snapshot | None:
@@ -426,9 +434,14 @@ def _atomic_write(path: Path, data: dict) -> None:
     _atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write_bytes(path: Path, data: bytes, *, temporary: Path | None = None) -> None:
+    """Write, fsync, rename: readers see the old file or the new one. The data goes first to
+    `temporary`, a name only this writer uses, or else to a fresh temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    if temporary is None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    else:
+        fd, tmp = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), temporary
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
