@@ -210,6 +210,10 @@ def _row_key(vault_key: str) -> str:
     return hashlib.sha256(vault_key.encode()).hexdigest()
 
 
+# A local entry's compare-and-swap locks one of 16 ** SWAP_LOCK_DIGITS files (named by the
+# first digits of the entry's digest): held for one small file write, they are rarely shared.
+SWAP_LOCK_DIGITS = 2
+
 # An Azure Table String property holds at most 64 KiB (32K UTF-16 code units) and an entity at
 # most 1 MiB in 255 properties: an entry's JSON is split across properties Entry0, Entry1, ...
 # (1,000 IP rules and 200 subnet ids of 200 characters, owned and pending: 4 of them).
@@ -328,11 +332,13 @@ class LocalStore:
         return replace(LedgerEntry.from_json(json.loads(data)), version=_digest(data))
 
     def write_entry(self, vault_key: str, entry: LedgerEntry, *, base: LedgerEntry) -> LedgerEntry:
-        """Compare and swap under an exclusive lock of the entry's file: the digest of what
-        is stored must still be `base.version`."""
+        """Compare and swap under an exclusive lock: the digest of what is stored must
+        still be `base.version`. The lock is a file shared by the entries whose digests start
+        alike (`SWAP_LOCK_DIGITS`): a lock file per entry would cost every vault's first
+        write a file creation, which costs more CPU than the write itself."""
         path = self._entry_path(vault_key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".swap"), "a+b") as lock:
+        with open(path.with_name(f".swap-{path.name[:SWAP_LOCK_DIGITS]}"), "a+b") as lock:
             filelock.lock(lock)  # held for one file write: never for long (closing releases it)
             current = _digest(path.read_bytes()) if path.exists() else ""
             if current != base.version:
