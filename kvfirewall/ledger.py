@@ -325,10 +325,10 @@ class LocalStore:
         return self.root / "ledger" / f"{_row_key(vault_key)}.json"
 
     def read_entry(self, vault_key: str) -> LedgerEntry:
-        path = self._entry_path(vault_key)
-        if not path.exists():
+        try:
+            data = self._entry_path(vault_key).read_bytes()
+        except FileNotFoundError:
             return LedgerEntry()
-        data = path.read_bytes()
         return replace(LedgerEntry.from_json(json.loads(data)), version=_digest(data))
 
     def write_entry(self, vault_key: str, entry: LedgerEntry, *, base: LedgerEntry) -> LedgerEntry:
