@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.coldstart [--repeat 15] [--top 15]
 
 The Functions worker imports `function_app` to index the app before any invocation. All it
-needs then is `azure.functions`: the triggers import azure-identity, azure-mgmt-keyvault and
+needs then is `azure.functions`: the triggers import azure-identity, azure-mgmt-core and
 the storage SDKs at their first invocation. So the reference is `import azure.functions`, and
 
     ratio = median(import function_app) / median(import azure.functions)
@@ -37,7 +37,7 @@ TARGET = "function_app"
 LAZY = (
     "azure.core",
     "azure.identity",
-    "azure.mgmt.keyvault",
+    "azure.mgmt.core",
     "azure.data.tables",
     "azure.storage.blob",
     "requests",
