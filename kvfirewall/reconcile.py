@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from queue import Empty, Full, Queue
 
-from kvfirewall.errors import one_line
+from kvfirewall.errors import is_transient, one_line
 from kvfirewall.ledger import StateStore
 from kvfirewall.plan import VaultState
 from kvfirewall.ranges import (
@@ -256,7 +256,7 @@ def _listed(
                     outcome="failed",
                     reason="could not list vaults",
                     error=one_line(exc),
-                    retryable=True,
+                    retryable=is_transient(exc),
                 )
             )
         finally:

@@ -14,10 +14,11 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Literal
 
 from kvfirewall.api import ReconcileRequest
 from kvfirewall.clouds import default_credential
-from kvfirewall.errors import one_line
+from kvfirewall.errors import is_transient, one_line
 from kvfirewall.events import EventTarget, MalformedEvent, event_target
 from kvfirewall.geographies import GEOGRAPHY_REGIONS
 from kvfirewall.ledger import StateStore, open_store
@@ -45,11 +46,14 @@ class RetryLater(Exception):
     should fail the invocation so that Event Grid delivers the event again."""
 
 
+EventAction = Literal["reconciled", "ignored", "malformed", "failed"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class EventOutcome:
     """What one event led to."""
 
-    action: str  # "reconciled" | "ignored" | "malformed"
+    action: EventAction
     reason: str
     report: Report | None = None
 
@@ -189,7 +193,9 @@ class Service:
     def handle_event(self, *, event_type: object, subject: object, data: object) -> EventOutcome:
         """An Event Grid event: reconcile the vault it names from a fresh read, or drop it.
 
-        Raises `RetryLater` when the vault could not be reconciled for a transient reason.
+        Raises `RetryLater` when the vault could not be reconciled for a transient reason;
+        a permanent failure (bad stored data, a refused request) is an outcome, since Event
+        Grid's redelivery would only repeat it.
         """
 
         try:
@@ -203,13 +209,18 @@ class Service:
                 action="ignored",
                 reason=f"subscription {target.vault.subscription} is not managed",
             )
-        report = self.run(
-            write=self.writes,
-            mode=self.settings.mode,
-            vault=target.vault,
-            refresh_ranges=False,
-            budget_seconds=EVENT_BUDGET_SECONDS,
-        )
+        try:
+            report = self.run(
+                write=self.writes,
+                mode=self.settings.mode,
+                vault=target.vault,
+                refresh_ranges=False,
+                budget_seconds=EVENT_BUDGET_SECONDS,
+            )
+        except Exception as exc:  # outside the vault's own steps: the state store, the ranges
+            if is_transient(exc):
+                raise RetryLater(f"{target.vault.id}: {one_line(exc)}") from exc
+            return EventOutcome(action="failed", reason=f"{target.vault.id}: {one_line(exc)}")
         result = report.vaults[0]
         if result.retryable:  # failed for a transient reason, or busy in another run
             log_report(report)

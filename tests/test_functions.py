@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import json
@@ -641,6 +642,25 @@ def test_a_corrupt_ledger_entry_fails_the_vault_for_good_and_writes_nothing(
     assert emulator.writes == 0
 
 
+def test_storage_that_refuses_kvfirewall_fails_the_event_for_good(
+    emulator, estate, app_env, monkeypatch, caplog
+):
+    """Storage answering 403 (the identity lacks its data role, a wrong key): a redelivery
+    would be refused the same way, so the event is logged as failed and not delivered again;
+    a storage that cannot be reached at all is retried (see the tests around this one)."""
+    run_timer()
+    refused = app_env["AzureWebJobsStorage"].replace(
+        account_key(app_env["AzureWebJobsStorage"]), base64.b64encode(b"not the key").decode()
+    )
+    monkeypatch.setenv("AzureWebJobsStorage", refused)
+    emulator.clear_log()
+    caplog.set_level(logging.INFO, logger="kvfirewall")
+    deliver(write_event(estate["bare"]))  # returns normally: Event Grid is done with it
+    [failed] = [r for r in caplog.records if "failed, not retried" in r.getMessage()]
+    assert failed.levelname == "ERROR" and "failed to authenticate" in failed.getMessage()
+    assert emulator.writes == 0
+
+
 @pytest.fixture
 def hung_storage(app_env, monkeypatch):
     """Host storage that accepts connections and never answers (an overloaded account, a
@@ -664,10 +684,8 @@ def hung_storage(app_env, monkeypatch):
 def test_hung_storage_fails_the_event_inside_event_grids_wait_so_it_redelivers(
     emulator, estate, hung_storage
 ):
-    from azure.core.exceptions import AzureError
-
     started = time.monotonic()
-    with pytest.raises(AzureError):
+    with pytest.raises(RetryLater):
         deliver(write_event(estate["bare"]))
     assert time.monotonic() - started < 30
     assert emulator.writes == 0

@@ -21,6 +21,7 @@ from kvfirewall.rules import parse_vault_id
 from kvfirewall.settings import Settings
 from kvfirewall.vaults import Arm, WriteFailed
 from kvfirewall.writer import same_instant
+from tests.test_vaults import FakeTime
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OCTOBER = json.loads((FIXTURES / "ServiceTags_Public_20251028.AzureDevOps-only.json").read_text())
@@ -880,3 +881,21 @@ def test_a_ledger_entry_written_by_another_holder_is_not_overwritten_and_the_run
     emulator.set_service_tags(weu_moved())
     run(vault=estate["bare"])
     assert WEU not in nets(emulator, estate["bare"])  # and so it is removed when Azure drops it
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(403, False), (503, True)])
+def test_a_subscription_that_cannot_be_listed_is_retryable_only_for_a_transient_reason(
+    emulator, estate, run, status, retryable
+):
+    """403 (the role is not assigned there) fails the same way next time; 503 may not."""
+    emulator.fail(
+        "GET", f"/subscriptions/{SUB_B}/providers/Microsoft.KeyVault/vaults$", status, times=1000
+    )
+    fake = FakeTime()  # the 503s are retried for a minute of the adapter's own clock
+    arm = Arm(
+        endpoint=emulator.url, subscriptions=(SUB_A, SUB_B), sleep=fake.sleep, clock=fake.clock
+    )
+    report = run(write=False, arm=arm)
+    listing = next(v for v in report.vaults if v.id == f"/subscriptions/{SUB_B}")
+    assert (listing.outcome, listing.retryable) == ("failed", retryable)
+    assert any(v.outcome == "planned" for v in report.vaults)  # the other subscription's
