@@ -612,7 +612,9 @@ def test_no_role_the_readme_creates_by_hand_has_a_name_the_template_gives():
     subscription = "6f1c2a8e-4b7d-4c1e-9a53-2d8e0f4b7a10"
     readme = (ROOT / "README.md").read_text()
     by_hand = re.findall(r'\\?"Name\\?": \\?"([^"\\]+)', readme)
-    assert len(by_hand) == 2  # the operator role (Security) and the subnet joiner (Permissions)
+    # The operator role (Security), the subnet joiner (Permissions) and the operator role of a
+    # management group (Scope by management group).
+    assert len(by_hand) == 3
     template_names = []
     for _, definition in resources("Microsoft.Authorization/roleDefinitions"):
         pattern = arguments(definition["properties"]["roleName"], "format")[0].strip("'")
