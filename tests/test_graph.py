@@ -18,7 +18,7 @@ from kvfirewall.management_groups import ManagementGroups
 from kvfirewall.reconcile import reconcile
 from kvfirewall.resource_graph import GraphFailed, ResourceGraph
 from kvfirewall.rules import parse_vault_id
-from kvfirewall.settings import Settings, SettingsError
+from kvfirewall.settings import Settings, SettingsError, StateLocation
 from kvfirewall.vaults import Arm
 
 SUB_A = "11111111-1111-1111-1111-111111111111"
@@ -326,3 +326,33 @@ def test_graph_failure_is_reported_as_one_line(emulator):
     with pytest.raises(GraphFailed) as failed:
         list(ResourceGraph(Arm(endpoint=emulator.url, subscriptions=())).vaults([SUB_A]))
     assert "\n" not in str(failed.value)
+
+
+def test_an_event_in_a_groups_subscription_is_reconciled_and_one_elsewhere_is_not(
+    emulator, groups, tmp_path
+):
+    from kvfirewall.service import Service
+
+    settings = Settings.from_env(
+        {
+            "KVF_SUBSCRIPTIONS": GROUP,
+            "KVF_EXTRA_IP_RULES": OURS,
+            "KVF_MODE": "enforce",
+            "KVF_ARM_ENDPOINT": emulator.url,
+        }
+    )
+    service = Service(settings, store=open_store(StateLocation(kind="local", value=str(tmp_path))))
+    outcomes = {}
+    for sub in (SUB_C, SUB_OTHER):
+        vault = emulator.add_vault(sub, "rg", f"kv-{sub[:4]}")
+        emulator.write_as(vault, network_acls=DENY)  # the team's write raises the event
+        event = emulator.events[-1]
+        outcome = service.handle_event(
+            event_type=event["eventType"], subject=event["subject"], data=event["data"]
+        )
+        outcomes[sub] = (outcome.action, outcome.report.vaults[0].outcome, vault)
+
+    assert outcomes[SUB_C][:2] == ("reconciled", "updated")
+    assert rules(emulator, outcomes[SUB_C][2]) == {ip_network(OURS)}
+    assert outcomes[SUB_OTHER][:2] == ("reconciled", "skipped")
+    assert requests_for(emulator, outcomes[SUB_OTHER][2], "GET") == 0
