@@ -178,6 +178,7 @@ def reconcile(
         refresh=refresh_ranges,
     )
     desired = desired_rules(settings, decision.snapshot)
+    managed = frozenset(scope.subscriptions)  # asked once per vault
     report = Report(
         mode=mode,
         source={
@@ -198,12 +199,12 @@ def reconcile(
         desired,
         write,
         source_version=decision.snapshot.version,
-        in_scope=lambda state: in_scope(state, settings, scope.subscriptions),
+        in_scope=lambda state: in_scope(state, settings, managed),
     )
     if vault is not None:
         report.add(worker.one(vault) if vault.subscription in scope else _not_managed(vault, scope))
     else:
-        _reconcile_listed(settings, scope, arm, worker, report, progress, thread_init)
+        _reconcile_listed(settings, scope, managed, arm, worker, report, progress, thread_init)
     report.arm_calls = {
         field: getattr(arm.counts, field) - getattr(calls_before, field)
         for field in ("reads", "writes", "throttled")
@@ -215,6 +216,7 @@ def reconcile(
 def _reconcile_listed(
     settings: Settings,
     scope: Scope,
+    managed: frozenset[str],
     arm: Arm,
     worker: VaultWorker,
     report: Report,
@@ -245,7 +247,7 @@ def _reconcile_listed(
                 report.warnings.append(item)
             elif isinstance(item, VaultResult):
                 finish(item)
-            elif not in_scope(item, settings, scope.subscriptions):
+            elif not in_scope(item, settings, managed):
                 report.out_of_scope += 1
             else:
                 in_flight.append(pool.submit(worker.in_budget, item))
