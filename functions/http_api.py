@@ -31,8 +31,10 @@ def reconcile_http(req: func.HttpRequest, context: func.Context) -> func.HttpRes
     from kvfirewall.api import parse_reconcile_request
 
     def run(service: "Service") -> dict:
+        settings = service.settings
         request = parse_reconcile_request(
-            req.get_body() or b"", subscriptions=service.settings.subscriptions
+            req.get_body() or b"",
+            subscriptions=None if settings.management_groups else settings.subscriptions,
         )
         return _reported(service.requested_run(request, thread_init=invocation_threads(context)))
 

@@ -88,7 +88,7 @@ def _target(value: str | None, settings: Settings) -> VaultRef | None:
         ref = parse_vault_id(value)
     except RuleError as exc:
         raise UsageError(f"--vault: {exc}") from None
-    if ref.subscription not in settings.subscriptions:
+    if not settings.management_groups and ref.subscription not in settings.subscriptions:
         raise UsageError(f"--vault: subscription {ref.subscription} is not in KVF_SUBSCRIPTIONS")
     return ref
 

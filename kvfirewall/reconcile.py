@@ -11,12 +11,13 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from queue import Empty, Full, Queue
 
 from kvfirewall.errors import is_transient, one_line
 from kvfirewall.ledger import StateStore
+from kvfirewall.management_groups import ManagementGroups
 from kvfirewall.plan import VaultState
 from kvfirewall.ranges import (
     RangeDecision,
@@ -25,7 +26,9 @@ from kvfirewall.ranges import (
     desired_rules,
 )
 from kvfirewall.report import Report, ReportSpool, VaultResult
+from kvfirewall.resource_graph import GraphFailed, ResourceGraph
 from kvfirewall.rules import RuleError, VaultRef, parse_vault_id
+from kvfirewall.scope import Scope, resolve_scope
 from kvfirewall.settings import Settings, redact_url
 from kvfirewall.sources import builtin_snapshot, fetch_snapshot
 from kvfirewall.vaults import Arm, OutOfTime
@@ -95,18 +98,49 @@ def resolve_ranges(
     return decision
 
 
-def in_scope(vault: VaultState, settings: Settings) -> bool:
-    """Whether a vault is managed: in a managed subscription and carrying the tag, if any."""
+def in_scope(
+    vault: VaultState, settings: Settings, subscriptions: Collection[str] | None = None
+) -> bool:
+    """Whether a vault is managed: in a managed subscription (`subscriptions`: the run's,
+    management groups resolved; else the configured ones) and carrying the tag, if any."""
     try:
         ref = parse_vault_id(vault.id)
     except RuleError:
         return False
-    if ref.subscription not in settings.subscriptions:
+    if ref.subscription not in (settings.subscriptions if subscriptions is None else subscriptions):
         return False
     if settings.vault_tag is None:
         return True
     name, value = settings.vault_tag
     return any(k.lower() == name.lower() and v == value for k, v in vault.tags.items())
+
+
+def run_scope(settings: Settings, arm: Arm, vault: VaultRef | None = None) -> Scope:
+    """The run's subscriptions. The management groups are read only when they matter: for a
+    run over every vault, or for one vault of a subscription not named in KVF_SUBSCRIPTIONS."""
+    if not settings.management_groups or (
+        vault is not None and vault.subscription in settings.subscriptions
+    ):
+        return Scope(subscriptions=settings.subscriptions)
+    scope = resolve_scope(settings, ManagementGroups(arm).subscriptions)
+    if not arm.subscriptions:  # the Discovery API is asked through a managed subscription
+        arm.subscriptions = scope.subscriptions
+    return scope
+
+
+def _not_managed(vault: VaultRef, scope: Scope) -> VaultResult:
+    """A single vault outside the run's subscriptions: skipped, and never touched. If a group
+    could not be read, the vault may well be managed: it is not reached, rather than out of
+    scope, and an event for it is delivered again if time may fix the group's read."""
+    if scope.unread_groups:
+        groups = ", ".join(scope.unread_groups)
+        return VaultResult(
+            id=vault.id,
+            outcome="skipped",
+            reason=f"not reached: management group {groups} could not be read",
+            retryable=scope.transient,
+        )
+    return VaultResult(id=vault.id, outcome="skipped", reason="not in scope")
 
 
 def reconcile(
@@ -135,6 +169,7 @@ def reconcile(
     """
     started = time.monotonic()
     calls_before = dataclasses.replace(arm.counts)  # an Arm may serve many runs
+    scope = run_scope(settings, arm, vault)
     decision = resolve_ranges(
         settings,
         store,
@@ -143,6 +178,7 @@ def reconcile(
         refresh=refresh_ranges,
     )
     desired = desired_rules(settings, decision.snapshot)
+    managed = frozenset(scope.subscriptions)  # asked once per vault
     report = Report(
         mode=mode,
         source={
@@ -153,7 +189,7 @@ def reconcile(
             "added": [str(p) for p in decision.added],
             "removed": [str(p) for p in decision.removed],
         },
-        warnings=[*decision.warnings, *desired.warnings],
+        warnings=[*scope.warnings, *decision.warnings, *desired.warnings],
         spool=spool,
     )
     worker = VaultWorker(
@@ -163,12 +199,12 @@ def reconcile(
         desired,
         write,
         source_version=decision.snapshot.version,
-        in_scope=lambda state: in_scope(state, settings),
+        in_scope=lambda state: in_scope(state, settings, managed),
     )
     if vault is not None:
-        report.add(worker.one(vault))
+        report.add(worker.one(vault) if vault.subscription in scope else _not_managed(vault, scope))
     else:
-        _reconcile_listed(settings, arm, worker, report, progress, thread_init)
+        _reconcile_listed(settings, scope, managed, arm, worker, report, progress, thread_init)
     report.arm_calls = {
         field: getattr(arm.counts, field) - getattr(calls_before, field)
         for field in ("reads", "writes", "throttled")
@@ -179,6 +215,8 @@ def reconcile(
 
 def _reconcile_listed(
     settings: Settings,
+    scope: Scope,
+    managed: frozenset[str],
     arm: Arm,
     worker: VaultWorker,
     report: Report,
@@ -204,12 +242,12 @@ def _reconcile_listed(
             progress(report.total, result)
 
     with ThreadPoolExecutor(max_workers=WORKERS, initializer=thread_init) as pool:
-        for item in _listed(settings, arm, thread_init):
+        for item in _listed(settings, scope, arm, thread_init):
             if isinstance(item, str):
                 report.warnings.append(item)
             elif isinstance(item, VaultResult):
                 finish(item)
-            elif not in_scope(item, settings):
+            elif not in_scope(item, settings, managed):
                 report.out_of_scope += 1
             else:
                 in_flight.append(pool.submit(worker.in_budget, item))
@@ -220,9 +258,41 @@ def _reconcile_listed(
 
 
 def _listed(
-    settings: Settings, arm: Arm, thread_init: Callable[[], None] | None
+    settings: Settings, scope: Scope, arm: Arm, thread_init: Callable[[], None] | None
 ) -> Iterator[VaultState | VaultResult | str]:
-    """Every vault of every managed subscription, listed `LISTERS` subscriptions at a time, as
+    """Every vault of the run's subscriptions: through Resource Graph (KVF_LISTING=graph),
+    and per subscription for what it could not list (with a warning), or per subscription
+    from the start (arm)."""
+    if settings.listing != "graph" or not scope.subscriptions:
+        yield from _listed_per_subscription(scope.subscriptions, arm, thread_init)
+        return
+    graph = ResourceGraph(arm)
+    seen: set[str] = set()
+    current = ""  # the subscription of the last row: those before it are complete
+    try:
+        for state in graph.vaults(scope.subscriptions, reserve_seconds=VAULT_RESERVE_SECONDS):
+            seen.add(state.id.lower())
+            current = state.id.split("/")[2].lower()
+            yield state
+    except OutOfTime:
+        for subscription in sorted(scope.subscriptions):
+            if subscription >= current:
+                yield VaultResult(
+                    id=f"/subscriptions/{subscription}", outcome="skipped", reason=NOT_REACHED
+                )
+        return
+    except GraphFailed as exc:
+        yield f"listing through Resource Graph failed ({exc}): listed per subscription instead"
+        pending = tuple(s for s in scope.subscriptions if s >= current)
+        for item in _listed_per_subscription(pending, arm, thread_init):
+            if not (isinstance(item, VaultState) and item.id.lower() in seen):
+                yield item
+
+
+def _listed_per_subscription(
+    subscriptions: tuple[str, ...], arm: Arm, thread_init: Callable[[], None] | None
+) -> Iterator[VaultState | VaultResult | str]:
+    """Every vault of these subscriptions, listed `LISTERS` subscriptions at a time, as
     pages arrive; a subscription that cannot be listed yields a result (and a warning)."""
     queue: Queue = Queue(maxsize=LISTED_QUEUE)
     stop = threading.Event()
@@ -263,7 +333,7 @@ def _listed(
             put(finished)
 
     with ThreadPoolExecutor(max_workers=LISTERS, initializer=thread_init) as listers:
-        futures = [listers.submit(list_subscription, s) for s in settings.subscriptions]
+        futures = [listers.submit(list_subscription, s) for s in subscriptions]
         try:
             remaining = len(futures)
             while remaining:

@@ -23,7 +23,7 @@ from kvfirewall.events import EventTarget, MalformedEvent, event_target
 from kvfirewall.geographies import GEOGRAPHY_REGIONS
 from kvfirewall.ledger import StateStore, open_store
 from kvfirewall.ranges import desired_rules
-from kvfirewall.reconcile import Progress, reconcile, resolve_ranges
+from kvfirewall.reconcile import Progress, reconcile, resolve_ranges, run_scope
 from kvfirewall.report import Report, ReportSpool, Trigger, report_name
 from kvfirewall.rules import VaultRef
 from kvfirewall.settings import Settings, SettingsError, redact_url
@@ -204,7 +204,8 @@ class Service:
             return EventOutcome(action="malformed", reason=str(exc))
         if target.vault is None:
             return EventOutcome(action="ignored", reason=target.reason)
-        if target.vault.subscription not in self.settings.subscriptions:
+        managed = self.settings.subscriptions
+        if target.vault.subscription not in managed and not self.settings.management_groups:
             return EventOutcome(
                 action="ignored",
                 reason=f"subscription {target.vault.subscription} is not managed",
@@ -232,6 +233,8 @@ class Service:
         Read-only: nothing is stored, not even a newer snapshot."""
 
         arm = self.arm(budget_seconds=HTTP_BUDGET_SECONDS)
+        if not self.settings.subscriptions:  # the Discovery API is asked through one of them
+            run_scope(self.settings, arm)
         decision = resolve_ranges(self.settings, self.store.within(arm.remaining), arm, save=False)
         desired = desired_rules(self.settings, decision.snapshot)
 

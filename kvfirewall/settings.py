@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from kvfirewall.clouds import defaults_for
@@ -35,6 +36,13 @@ _REGION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}\Z")  # also the Discovery API loc
 _TAG_NAME_RE = re.compile(r"^[^<>%&\\?/]{1,512}$")
 MAX_REPORT_DAYS = 3650
 _FIELD_KEY_RE = re.compile(r"[A-Za-z]+\Z")
+# A management group id: up to 90 letters, digits, `-`, `_`, `(`, `)` and `.`, not ending in `.`.
+_GROUP_RE = re.compile(
+    r"/providers/Microsoft\.Management/managementGroups/(?P<id>[\w().-]{0,89}[\w()-])/?\Z",
+    re.IGNORECASE | re.ASCII,
+)
+Listing = Literal["graph", "arm"]
+LISTINGS: tuple[Listing, ...] = ("graph", "arm")
 _CONNECTION_KEYS = frozenset(
     {"defaultendpointsprotocol", "accountname", "accountkey", "sharedaccesssignature",
      "blobendpoint", "tableendpoint", "queueendpoint", "fileendpoint", "endpointsuffix",
@@ -43,7 +51,11 @@ _CONNECTION_KEYS = frozenset(
 
 # name -> (meaning, default shown to people); the product's interface, also read by the docs tests.
 SETTINGS: dict[str, tuple[str, str]] = {
-    "KVF_SUBSCRIPTIONS": ("comma-separated subscription ids whose vaults are managed", ""),
+    "KVF_SUBSCRIPTIONS": (
+        "comma-separated subscription ids and /providers/Microsoft.Management/managementGroups/"
+        "<id> entries whose vaults are managed",
+        "",
+    ),
     "KVF_ADO_GEOGRAPHIES": ("Azure DevOps geographies, e.g. Europe,United States", ""),
     "KVF_ADO_REGIONS": ("extra regions whose AzureDevOps.<Region> ranges are allowed", ""),
     "KVF_IP_SOURCE": ("api, builtin, or an https URL / file path of a ServiceTags JSON", "api"),
@@ -71,6 +83,11 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "20",
     ),
     "KVF_REPORT_DAYS": ("days a stored run report is kept", str(DEFAULT_REPORT_DAYS)),
+    "KVF_LISTING": (
+        "graph (Resource Graph) or arm (per subscription); empty: graph when a management "
+        "group is in KVF_SUBSCRIPTIONS, else arm",
+        "",
+    ),
 }
 
 # Read by the Functions host (`%KVF_SCHEDULE%` in the timer binding), not by `Settings`: the
@@ -109,6 +126,9 @@ class Settings:
     """Validated configuration of one kvfirewall deployment."""
 
     subscriptions: tuple[str, ...]
+    # Management group ids: each run manages their current descendant subscriptions too.
+    management_groups: tuple[str, ...] = ()
+    listing: Listing = "arm"  # how a run over every vault finds them
     geographies: tuple[str, ...] = ()
     regions: tuple[str, ...] = ()
     ip_source: str = "api"
@@ -139,11 +159,14 @@ class Settings:
         def get(name: str) -> str:
             return env.get(name, "").strip()
 
-        subscriptions = tuple(
-            _unique(_parse_subscription(v) for v in _items(get("KVF_SUBSCRIPTIONS")))
-        )
-        if not subscriptions:
-            raise SettingsError("KVF_SUBSCRIPTIONS is required: comma-separated subscription ids")
+        scope = [_parse_scope(v) for v in _items(get("KVF_SUBSCRIPTIONS"))]
+        subscriptions = tuple(_unique(v for kind, v in scope if kind == "subscription"))
+        groups = tuple(_unique((v for kind, v in scope if kind == "group"), key=str.lower))
+        if not scope:
+            raise SettingsError(
+                "KVF_SUBSCRIPTIONS is required: comma-separated subscription ids or "
+                "/providers/Microsoft.Management/managementGroups/<id> entries"
+            )
 
         geographies = tuple(
             _unique(_parse_geography(v) for v in _items(get("KVF_ADO_GEOGRAPHIES")))
@@ -174,6 +197,8 @@ class Settings:
         cloud = defaults_for(arm_endpoint)
         return cls(
             subscriptions=subscriptions,
+            management_groups=groups,
+            listing=_parse_listing(get("KVF_LISTING"), groups=groups),
             geographies=geographies,
             regions=regions,
             ip_source=_parse_ip_source(get("KVF_IP_SOURCE") or "api"),
@@ -209,10 +234,34 @@ def _unique(values, key=lambda v: v):
             yield value
 
 
-def _parse_subscription(value: str) -> str:
+def _parse_scope(value: str) -> tuple[Literal["subscription", "group"], str]:
+    """A subscription id (lower-cased) or a management group's resource id (its id kept)."""
+    if value.startswith("/"):
+        match = _GROUP_RE.match(value)
+        if not match:
+            raise SettingsError(
+                f"KVF_SUBSCRIPTIONS: {value!r} is not /providers/Microsoft.Management/"
+                "managementGroups/<id> (an id of up to 90 letters, digits, -, _, (, ) or .)"
+            )
+        return "group", match["id"]
     if not SUBSCRIPTION_RE.match(value):
-        raise SettingsError(f"KVF_SUBSCRIPTIONS: {value!r} is not a subscription id (a GUID)")
-    return value.lower()
+        raise SettingsError(
+            f"KVF_SUBSCRIPTIONS: {value!r} is not a subscription id (a GUID) or a management "
+            "group (/providers/Microsoft.Management/managementGroups/<id>)"
+        )
+    return "subscription", value.lower()
+
+
+def _parse_listing(value: str, *, groups: tuple[str, ...]) -> Listing:
+    """Resource Graph answers one query for a whole management group; per-subscription
+    listing needs no more than the vault role. The default follows the scope."""
+    if not value:
+        return "graph" if groups else "arm"
+    listing = value.lower()
+    for known in LISTINGS:
+        if listing == known:
+            return known
+    raise SettingsError(f"KVF_LISTING: {value!r} is not one of {', '.join(LISTINGS)}")
 
 
 def _parse_geography(value: str) -> str:

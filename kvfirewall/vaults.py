@@ -153,7 +153,7 @@ class _CountingPolicy(SansIOHTTPPolicy):
 
     def on_request(self, request) -> None:
         with self._lock:
-            if request.http_request.method.upper() in ("GET", "HEAD"):
+            if _is_read(request.http_request):
                 self._counts.reads += 1
             else:
                 self._counts.writes += 1
@@ -175,6 +175,15 @@ class _CountingPolicy(SansIOHTTPPolicy):
             )
             if shared.isdigit():
                 self._pacer(parts[2].lower(), f"{SHARED}-{kind}").observe(int(shared), None)
+
+
+def _is_read(request) -> bool:
+    """GET and HEAD, and a Resource Graph query: a POST that changes nothing."""
+    method = request.method.upper()
+    if method == "POST":
+        path = urlsplit(request.url).path.rstrip("/").lower()
+        return path.endswith("/providers/microsoft.resourcegraph/resources")
+    return method in ("GET", "HEAD")
 
 
 class WriteFailed(Exception):
@@ -320,6 +329,42 @@ class Arm:
                 self._clients[subscription] = client
             return client
 
+    def tenant_client(self, client_class: type, *policies: SansIOHTTPPolicy):
+        """An SDK client of a tenant-level API (management groups, Resource Graph), one per
+        class, with this Arm's credential, transport and call counts, plus `policies`."""
+        with self._lock:
+            client = self._clients.get(client_class)
+            if client is None:
+                client = client_class(
+                    self._credential,
+                    base_url=self.endpoint,
+                    credential_scopes=[token_scope(self.endpoint)],
+                    per_retry_policies=[
+                        _CountingPolicy(self.counts, self._lock, self._pacer),
+                        *policies,
+                    ],
+                    user_agent=USER_AGENT,
+                    transport=shared_transport(),
+                )
+                self._clients[client_class] = client
+            return client
+
+    def tenant_read(self, call: Callable[..., T]) -> T:
+        """One read outside any subscription's quota, retried like every read."""
+        return self._read(None, call)
+
+    def now(self) -> float:
+        """This Arm's clock (monotonic seconds)."""
+        return self._clock()
+
+    def pause(self, seconds: float) -> bool:
+        """Sleep, unless that would pass the time budget (False, and no sleep)."""
+        remaining = self.remaining()
+        if remaining is not None and seconds > remaining:
+            return False
+        self._sleep(seconds)
+        return True
+
     def list_vaults(
         self, subscription: str, *, reserve_seconds: float = 0.0
     ) -> Iterator[VaultState]:
@@ -364,11 +409,13 @@ class Arm:
         budget = seconds if remaining is None else max(0.0, min(seconds, remaining))
         return Backoff(budget, sleep=self._sleep, clock=self._clock)
 
-    def _read(self, subscription: str, call: Callable[..., T]) -> T:
-        """One read, paced and retried on throttling, server errors and transport failures."""
+    def _read(self, subscription: str | None, call: Callable[..., T]) -> T:
+        """One read, paced (by the subscription's quota, if it has one) and retried on
+        throttling, server errors and transport failures."""
         backoff = self._backoff(READ_RETRY_SECONDS)
         while True:
-            self._pace(subscription, "reads")
+            if subscription is not None:
+                self._pace(subscription, "reads")
             try:
                 return call(
                     retry_total=0,

@@ -141,6 +141,7 @@ ARM_FUNCTIONS = {
     "filter", "format", "guid", "if", "join", "lambda", "lambdaVariables", "length", "map", "not",
     "parameters", "reference", "replace", "resourceGroup", "resourceId", "split", "subscription",
     "subscriptionResourceId", "toLower", "trim", "union", "uniqueString", "variables",
+    "and", "concat", "startsWith",
 }  # fmt: skip
 BUILTIN_ROLES = {
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
@@ -366,7 +367,10 @@ def test_every_kvf_setting_is_an_app_setting_with_the_code_default():
         if name != "KVF_SUBSCRIPTIONS":  # the list the roles and topics are made for
             assert passed[name]["value"] == f"[parameters('{name}')]"
     assert root["KVF_SCHEDULE"]["defaultValue"] == DEFAULT_SCHEDULE
-    assert passed["KVF_SUBSCRIPTIONS"]["value"] == "[join(variables('managedSubscriptions'), ',')]"
+    # The named subscriptions (or the deployment's), then the management groups as given.
+    assert passed["KVF_SUBSCRIPTIONS"]["value"] == (
+        "[join(concat(variables('managedSubscriptions'), variables('managementGroupEntries')), ',')]"
+    )
 
 
 def test_the_example_parameters_are_declared_and_valid_settings():
@@ -608,7 +612,9 @@ def test_no_role_the_readme_creates_by_hand_has_a_name_the_template_gives():
     subscription = "6f1c2a8e-4b7d-4c1e-9a53-2d8e0f4b7a10"
     readme = (ROOT / "README.md").read_text()
     by_hand = re.findall(r'\\?"Name\\?": \\?"([^"\\]+)', readme)
-    assert len(by_hand) == 2  # the operator role (Security) and the subnet joiner (Permissions)
+    # The operator role (Security), the subnet joiner (Permissions) and the operator role of a
+    # management group (Scope by management group).
+    assert len(by_hand) == 3
     template_names = []
     for _, definition in resources("Microsoft.Authorization/roleDefinitions"):
         pattern = arguments(definition["properties"]["roleName"], "format")[0].strip("'")

@@ -160,6 +160,7 @@ def test_every_documented_setting_is_read(monkeypatch):
         "KVF_REPORT_DAYS": "7",
         "KVF_ADO_GEOGRAPHIES": "India",
         "KVF_SUBSCRIPTIONS": "00000000-0000-0000-0000-00000000000b",
+        "KVF_LISTING": "graph",
     }
     assert set(changed) == set(SETTINGS) - HOST_SETTINGS
     for name, value in changed.items():
