@@ -498,3 +498,108 @@ def test_a_crash_between_the_pending_record_and_the_write(emulator, service, clo
     LeaseBroker(service).expire()
     assert rules(emulator, vault) == {EXTRA, IPv4Network(SOMEONE["value"])}
     assert store.read_entry(vault.lower()).ip_rules == {EXTRA}
+
+
+# ---- what a lease costs -------------------------------------------------------------------
+
+
+def arm_calls(emu: Emulator) -> dict[str, int]:
+    """Resource Manager calls by kind (the authority's and the token endpoint's excluded)."""
+    kinds: dict[str, int] = {}
+    for r in emu.requests:
+        if "/providers/Microsoft.KeyVault/vaults/" in r.path:
+            kind = f"{r.method} vault"
+        elif "roleAssignments" in r.path:
+            kind = "GET roleAssignments"
+        elif "roleDefinitions" in r.path:
+            kind = "GET roleDefinitions"
+        else:
+            continue
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+def test_the_arm_calls_of_a_grant_a_release_and_an_expiry(emulator, service, clock):
+    """The figures the README states: per vault, a grant reads the vault to decide (and the
+    principal's role assignments and their roles, once per subscription and role), then writes
+    it through the protocol: read, lease, fresh read, PATCH, check read."""
+    vault = rbac_vault(emulator)
+    policies = rbac_vault(emulator, "kv-policies", role=None)
+    emulator.set_access_policies(
+        policies,
+        [
+            {
+                "tenantId": emulator.tenant_id,
+                "objectId": PIPELINE,
+                "permissions": {"secrets": ["get"]},
+            }
+        ],
+    )
+    emulator.clear_log()
+    assert take(service, emulator, [vault]).status == 200
+    assert arm_calls(emulator) == {
+        "GET vault": 4,
+        "PATCH vault": 1,
+        "GET roleAssignments": 1,
+        "GET roleDefinitions": 1,
+    }
+    emulator.clear_log()
+    answer = take(service, emulator, [policies])
+    assert answer.status == 200
+    assert arm_calls(emulator) == {"GET vault": 4, "PATCH vault": 1}
+    emulator.clear_log()
+    released = LeaseBroker(service).release(
+        answer.body["lease"]["id"], authorization=f"Bearer {token(emulator)}"
+    )
+    assert released.body["released"] is True
+    assert arm_calls(emulator) == {"GET vault": 3, "PATCH vault": 1}
+    clock.now += timedelta(minutes=11)
+    emulator.clear_log()
+    LeaseBroker(service).expire()
+    assert arm_calls(emulator) == {"GET vault": 3, "PATCH vault": 1}
+
+
+# ---- the CLI and the Azure Table store ----------------------------------------------------
+
+
+def test_the_cli_lists_what_the_get_answers(emulator, env, capsys):
+    from kvfirewall import cli
+
+    vault = rbac_vault(emulator)
+    lease = grant(emulator, [vault], reason="https://dev.azure.com/run/7")[1]["lease"]
+    capsys.readouterr()
+    assert cli.main(["leases", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == call("leases_http", "GET", "/api/leases")[1]
+    assert cli.main(["leases"]) == 0
+    out = capsys.readouterr().out
+    assert lease["id"] in out and AGENT_IP in out and vault in out and "run/7" in out
+
+
+def test_lease_records_in_an_azure_table(azurite):
+    from kvfirewall.lease_store import LeaseRecord
+    from kvfirewall.leases import Lease, LeaseRequest
+    from kvfirewall.ledger import AzureStore
+    from kvfirewall.settings import StateLocation
+
+    store = AzureStore(StateLocation(kind="connection-string", value=azurite),
+                       lease_table=f"leases{uuid.uuid4().hex[:8]}").lease_records()  # fmt: skip
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+    assert store.active(now) == [] and store.read(str(uuid.uuid4())) is None  # no table yet
+    ref = parse_vault_id(
+        f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv-app"
+    )
+
+    def lease(minutes: int) -> LeaseRecord:
+        request = LeaseRequest(vaults=(ref,), minutes=minutes, ip=IPv4Address(AGENT_IP))
+        return LeaseRecord(Lease.grant(request, principal=PIPELINE, now=now))
+
+    short, long, released = lease(5), lease(60), lease(60)
+    for record in (short, long, released.released(now + timedelta(minutes=1))):
+        store.write(record)
+    later = now + timedelta(minutes=10)
+    assert [r.lease.id for r in store.active(later)] == [long.lease.id]
+    assert {r.lease.id for r in store.uncleared(later)} == {short.lease.id, released.lease.id}
+    store.write(LeaseRecord(short.lease, cleared=True))
+    assert {r.lease.id for r in store.uncleared(later)} == {released.lease.id}
+    assert store.read(long.lease.id.upper()) == long
+    assert store.read("not-an-id") is None
