@@ -592,6 +592,9 @@ def test_custom_roles_allow_exactly_the_documented_actions():
         "Microsoft.KeyVault/vaults/write",
         "Microsoft.KeyVault/locations/deletedVaults/read",
         "Microsoft.Network/locations/serviceTags/read",
+        # Access leases: who may read a vault's secrets (Resource Manager resolves groups).
+        "Microsoft.Authorization/roleAssignments/read",
+        "Microsoft.Authorization/roleDefinitions/read",
     }
 
 
