@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network
 
 from kvfirewall.geographies import GEOGRAPHY_REGIONS
-from kvfirewall.rules import RuleError, public_ipv4_network, subnet_key
+from kvfirewall.rules import WIDEST_PREFIX, RuleError, public_ipv4_network, subnet_key
 from kvfirewall.settings import Settings
 
 TAG = "AzureDevOps"
@@ -74,7 +74,10 @@ class Snapshot:
             if any(n.prefixlen < SOURCE_WIDEST_PREFIX for n in networks):
                 raise ValueError(f"stored snapshot has a prefix wider than /{SOURCE_WIDEST_PREFIX}")
             regions[str(region)] = networks
-        cloud = tuple(public_ipv4_network(str(p)) for p in data.get("azureCloud", ()))
+        cloud = tuple(
+            public_ipv4_network(str(p), widest=AZURE_CLOUD_WIDEST_PREFIX)
+            for p in data.get("azureCloud", ())
+        )
         if any(n.prefixlen < AZURE_CLOUD_WIDEST_PREFIX for n in cloud):
             raise ValueError(
                 f"stored snapshot has a prefix wider than /{AZURE_CLOUD_WIDEST_PREFIX}"
@@ -163,7 +166,7 @@ def _ipv4_prefix(
     except ValueError:
         pass
     try:
-        network = public_ipv4_network(raw)
+        network = public_ipv4_network(raw, widest=min(widest, WIDEST_PREFIX))
     except RuleError as exc:
         warnings.append(f"{tag}: ignored prefix {exc}")
         return None
