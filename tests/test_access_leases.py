@@ -4,6 +4,7 @@ the ledger and lease records in a directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import uuid
@@ -220,11 +221,13 @@ def test_refusals_name_the_vault_and_the_reason_and_write_nothing(emulator, env)
     good = rbac_vault(emulator, "kv-good")
     untagged = rbac_vault(emulator, "kv-untagged", tags={})
     unmanaged = rbac_vault(emulator, "kv-elsewhere", sub=SUB_OTHER)
-    reader = rbac_vault(emulator, "kv-reader", role="Key Vault Reader")
+    reader = rbac_vault(emulator, "kv-reader", role="Reader")
+    metadata = rbac_vault(emulator, "kv-metadata", role="Key Vault Reader")
     cases = {
         untagged: (403, "has no tag kvfirewall-leases=enabled"),
         unmanaged: (403, f"subscription {SUB_OTHER} is not managed"),
         reader: (403, "not authorized"),
+        metadata: (403, "not authorized"),
     }
     for vault, (status, reason) in cases.items():
         got, body, _ = grant(emulator, [good, vault])  # the good one first: still nothing
@@ -603,3 +606,22 @@ def test_lease_records_in_an_azure_table(azurite):
     assert {r.lease.id for r in store.uncleared(later)} == {released.lease.id}
     assert store.read(long.lease.id.upper()) == long
     assert store.read("not-an-id") is None
+
+
+def test_the_expire_leases_timer_function(emulator, env):
+    """The timer as the host calls it: an ended lease's rule goes, its record is cleared."""
+    from azure.functions.timer import TimerRequest
+
+    from kvfirewall.lease_store import LeaseRecord
+
+    vault = rbac_vault(emulator)
+    lease = grant(emulator, [vault])[1]["lease"]
+    records = LocalStore(Path(env["KVF_STATE"])).lease_records()
+    record = records.read(lease["id"])
+    ended = datetime.now(timezone.utc) - timedelta(seconds=1)
+    records.write(LeaseRecord(dataclasses.replace(record.lease, expires_at=ended)))
+    FUNCTIONS["expire_leases"].get_user_function()(
+        TimerRequest(past_due=False), context=Context("expire_leases")
+    )
+    assert IPv4Network(AGENT_IP) not in rules(emulator, vault)
+    assert records.read(lease["id"]).cleared
