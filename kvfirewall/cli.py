@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         ("apply", "reconcile the vaults (writes) and store the report"),
         ("reports", "list the stored reports, newest first, or print one"),
         ("status", "what the stored runs say: every vault's state, the last runs, the source"),
+        ("leases", "list the active access leases"),
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--json", action="store_true", help="print JSON")
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             return _reports(service, args.name, as_json=args.json)
         if args.command == "status":
             return _status(service, as_json=args.json)
+        if args.command == "leases":
+            return _leases(service, as_json=args.json)
         write = args.command == "apply"
         report = service.run(
             write=write,
@@ -145,6 +148,26 @@ def _status(service: Service, *, as_json: bool) -> int:
 
     status = read_status(service.store, StatusQuery(), now=datetime.now(timezone.utc))
     print(json.dumps(status_json(status), indent=2) if as_json else status_text(status))
+    return 0
+
+
+def _leases(service: Service, *, as_json: bool) -> int:
+    """The active leases: the same object as `GET /api/leases`, or one line each."""
+    from kvfirewall.lease_broker import LeaseBroker
+
+    data = LeaseBroker(service).active()
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return 0
+    for lease in data["leases"]:
+        print(
+            f"{lease['expiresAt']}  {lease['ip']:<15}  {lease['principal']}  "
+            f"{len(lease['vaults'])} vault(s)  {lease['id']}  {lease['reason'] or ''}".rstrip()
+        )
+        for vault in lease["vaults"]:
+            print(f"    {vault}")
+    if not data["leases"]:
+        print("no active leases", file=sys.stderr)
     return 0
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from kvfirewall import filelock
 from kvfirewall.clouds import PUBLIC, default_credential
@@ -39,6 +39,9 @@ from kvfirewall.report import (
 )
 from kvfirewall.settings import DEFAULT_REPORT_DAYS, StateLocation
 from kvfirewall.transport import DEADLINE_OPTION, Remaining, RequestTimeouts, shared_transport
+
+if TYPE_CHECKING:
+    from kvfirewall.lease_store import LeaseStore
 
 TABLE_NAME = "kvfirewallledger"
 LEASE_SECONDS = 60  # a Blob lease's longest fixed term; kept renewed while held
@@ -168,6 +171,10 @@ class StateStore(Protocol):
 
     def read_report(self, name: str) -> bytes:
         """A stored report's JSON; `KeyError` when there is none by that name."""
+        ...
+
+    def lease_records(self) -> LeaseStore:
+        """The access leases kept beside the ledger (see `lease_store`)."""
         ...
 
 
@@ -305,6 +312,12 @@ class LocalStore:
 
     def describe(self) -> str:
         return f"directory {self.root}"
+
+    def lease_records(self) -> LeaseStore:
+        """The access leases kept beside this ledger (`lease_store.LocalLeaseStore`)."""
+        from kvfirewall.lease_store import LocalLeaseStore
+
+        return LocalLeaseStore(self.root)
 
     def within(self, remaining: Remaining) -> LocalStore:
         """The same store: a local file is not a call worth cutting short."""
@@ -468,6 +481,7 @@ class AzureStore:
         *,
         table: str = TABLE_NAME,
         container: str = CONTAINER_NAME,
+        lease_table: str = "kvfirewallleases",  # lease_store.LEASE_TABLE
         arm_endpoint: str = PUBLIC.arm_endpoint,
         report_days: int = DEFAULT_REPORT_DAYS,
         clock: Clock = _utc_now,
@@ -499,6 +513,7 @@ class AzureStore:
             )
         self._table = tables.get_table_client(table)
         self._container = blobs.get_container_client(container)
+        self._lease_table = tables.get_table_client(lease_table)
 
     def within(self, remaining: Remaining) -> AzureStore:
         """This store for one run: every storage call of it is cut to `remaining()`, the
@@ -506,7 +521,14 @@ class AzureStore:
         bound = copy.copy(self)
         bound._table = _Bounded(self._table, remaining)
         bound._container = _Bounded(self._container, remaining)
+        bound._lease_table = _Bounded(self._lease_table, remaining)
         return bound
+
+    def lease_records(self) -> LeaseStore:
+        """The access leases kept beside this ledger (`lease_store.AzureLeaseStore`)."""
+        from kvfirewall.lease_store import AzureLeaseStore
+
+        return AzureLeaseStore(self._lease_table)
 
     def describe(self) -> str:
         return self._location.describe()

@@ -13,13 +13,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
 from queue import Empty, Full, Queue
 
 from kvfirewall.errors import is_transient, one_line
+from kvfirewall.leases import lease_rules
 from kvfirewall.ledger import StateStore
 from kvfirewall.management_groups import ManagementGroups
 from kvfirewall.plan import VaultState
 from kvfirewall.ranges import (
+    Desired,
     RangeDecision,
     RangeSourceError,
     choose_snapshot,
@@ -80,6 +83,7 @@ def resolve_ranges(
         builtin=builtin,
         regions=settings.all_regions,
         max_loss_percent=settings.max_range_loss_percent,
+        azure_cloud=settings.leases.enabled and settings.leases.ip_scope == "azure",
     )
     if notes:
         decision = dataclasses.replace(decision, warnings=(*notes, *decision.warnings))
@@ -156,6 +160,7 @@ def reconcile(
     refresh_ranges: bool = True,
     thread_init: Callable[[], None] | None = None,
     spool: ReportSpool | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
 ) -> Report:
     """Reconcile every vault in scope (or one vault) and return the report.
 
@@ -166,6 +171,9 @@ def reconcile(
     `thread_init` runs in each worker thread first (the Functions worker forwards log records
     only from threads that carry the invocation's id). With a `spool`, every vault's result
     goes there and the report keeps only the counts and the vaults that changed or failed.
+    With access leases on, the active leases' addresses are wanted too (read once per run, and
+    again under a vault's lease before it is written), as of `now()`: any run after a lease
+    ends takes its rule away.
     """
     started = time.monotonic()
     calls_before = dataclasses.replace(arm.counts)  # an Arm may serve many runs
@@ -179,6 +187,10 @@ def reconcile(
     )
     desired = desired_rules(settings, decision.snapshot)
     managed = frozenset(scope.subscriptions)  # asked once per vault
+    reread = None
+    if settings.leases.enabled:
+        reread = leased(desired, store, now)
+        desired = reread()
     report = Report(
         mode=mode,
         source={
@@ -200,6 +212,8 @@ def reconcile(
         write,
         source_version=decision.snapshot.version,
         in_scope=lambda state: in_scope(state, settings, managed),
+        now=now,
+        reread=reread,
     )
     if vault is not None:
         report.add(worker.one(vault) if vault.subscription in scope else _not_managed(vault, scope))
@@ -211,6 +225,19 @@ def reconcile(
     }
     report.duration_seconds = time.monotonic() - started
     return report
+
+
+def leased(
+    desired: Desired, store: StateStore, now: Callable[[], datetime]
+) -> Callable[[], Desired]:
+    """The desired set with the leases active at `now()`, read from the store at each call."""
+    records = store.lease_records()
+
+    def read() -> Desired:
+        active = [record.lease for record in records.active(now())]
+        return dataclasses.replace(desired, leases=lease_rules(active))
+
+    return read
 
 
 def _reconcile_listed(

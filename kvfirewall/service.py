@@ -93,16 +93,23 @@ class Service:
 
     def arm(self, *, budget_seconds: float | None = None) -> Arm:
         """Resource Manager access for one run, sharing the process's credential."""
-
-        with self._lock:
-            if self._credential is None:
-                self._credential = default_credential(self.settings.arm_endpoint)
         return Arm(
             endpoint=self.settings.arm_endpoint,
             subscriptions=self.settings.subscriptions,
-            credential=self._credential,
+            credential=self.credential(),
             budget_seconds=budget_seconds,
         )
+
+    def credential(self):
+        """The process's Azure credential (it caches tokens), made on first use."""
+        with self._lock:
+            if self._credential is None:
+                self._credential = default_credential(self.settings.arm_endpoint)
+            return self._credential
+
+    def now(self) -> datetime:
+        """The service's clock (injectable: leases end by it)."""
+        return self._clock()
 
     @property
     def writes(self) -> bool:
@@ -140,6 +147,7 @@ class Service:
                 save_snapshot=save_snapshot,
                 thread_init=thread_init,
                 spool=spool,
+                now=self._clock,
             )
             if trigger is not None:
                 self._store_report(report, report_name(started, trigger))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -32,6 +32,12 @@ DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 DEFAULT_LOCAL_STATE = "./.kvfirewall"
 DEFAULT_SCHEDULE = "0 0 * * * *"  # hourly, on the hour
 DEFAULT_REPORT_DAYS = 30
+DEFAULT_LEASE_TAG = "kvfirewall-leases=enabled"
+DEFAULT_LEASE_MAX_MINUTES = 60
+MAX_LEASE_MINUTES = 1440
+DEFAULT_LEASE_SCHEDULE = "0 * * * * *"  # every minute
+LeaseMode = Literal["off", "entra"]
+LeaseIpScope = Literal["azure", "any"]
 _REGION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}\Z")  # also the Discovery API location
 _TAG_NAME_RE = re.compile(r"^[^<>%&\\?/]{1,512}$")
 MAX_REPORT_DAYS = 3650
@@ -88,11 +94,31 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "group is in KVF_SUBSCRIPTIONS, else arm",
         "",
     ),
+    "KVF_LEASES": ("access leases: off, or entra (pipelines lease a vault with a token)", "off"),
+    "KVF_LEASE_TENANT": ("the Entra tenant id whose tokens lease vaults (KVF_LEASES=entra)", ""),
+    "KVF_LEASE_AUDIENCES": (
+        "comma-separated accepted token audiences: the app id URI and client id",
+        "",
+    ),
+    "KVF_LEASE_TAG": ("name=value a vault must carry to accept leases", DEFAULT_LEASE_TAG),
+    "KVF_LEASE_MAX_MINUTES": (
+        f"longest lease in minutes (at most {MAX_LEASE_MINUTES})",
+        str(DEFAULT_LEASE_MAX_MINUTES),
+    ),
+    "KVF_LEASE_IP_SCOPE": (
+        "azure (a leased address must be in the AzureCloud service tag) or any",
+        "azure",
+    ),
+    "KVF_LEASE_PRINCIPALS": ("comma-separated object ids that may lease any leasable vault", ""),
+    "KVF_LEASE_SCHEDULE": (
+        "expiry timer schedule, NCRONTAB with seconds, in UTC",
+        DEFAULT_LEASE_SCHEDULE,
+    ),
 }
 
 # Read by the Functions host (`%KVF_SCHEDULE%` in the timer binding), not by `Settings`: the
 # host validates it, and a bad schedule must not stop the event and HTTP triggers too.
-HOST_SETTINGS = frozenset({"KVF_SCHEDULE"})
+HOST_SETTINGS = frozenset({"KVF_SCHEDULE", "KVF_LEASE_SCHEDULE"})
 
 
 class SettingsError(ValueError):
@@ -122,6 +148,26 @@ class StateLocation:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LeaseSettings:
+    """Access leases: who may open a vault to one address, for minutes (`KVF_LEASE_*`).
+
+    With `mode` off nothing else is read: a deployment that does not lease needs none of it."""
+
+    mode: LeaseMode = "off"
+    tenant: str = ""
+    audiences: tuple[str, ...] = ()
+    authority: str = ""
+    tag: tuple[str, str] = ("kvfirewall-leases", "enabled")
+    max_minutes: int = DEFAULT_LEASE_MAX_MINUTES
+    ip_scope: LeaseIpScope = "azure"
+    principals: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "entra"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Validated configuration of one kvfirewall deployment."""
 
@@ -143,6 +189,7 @@ class Settings:
     state: StateLocation = StateLocation(kind="local", value=DEFAULT_LOCAL_STATE)
     max_range_loss_percent: float = 20.0
     report_days: int = DEFAULT_REPORT_DAYS
+    leases: LeaseSettings = LeaseSettings()
 
     @property
     def all_regions(self) -> tuple[str, ...]:
@@ -217,6 +264,7 @@ class Settings:
             state=_parse_state(env, storage_suffix=cloud.storage_suffix),
             max_range_loss_percent=_parse_percent(get("KVF_MAX_RANGE_LOSS_PERCENT") or "20"),
             report_days=_parse_days(get("KVF_REPORT_DAYS") or str(DEFAULT_REPORT_DAYS)),
+            leases=_parse_leases(get, arm_endpoint),
         )
 
 
@@ -326,10 +374,14 @@ def _parse_ip_source(value: str) -> str:
 def _parse_vault_tag(value: str) -> tuple[str, str] | None:
     if not value:
         return None
+    return _parse_tag("KVF_VAULT_TAG", value)
+
+
+def _parse_tag(setting: str, value: str) -> tuple[str, str]:
     name, sep, tag_value = value.partition("=")
     name, tag_value = name.strip(), tag_value.strip()
     if not sep or not name or not _TAG_NAME_RE.match(name):
-        raise SettingsError(f"KVF_VAULT_TAG: {value!r} is not name=value (e.g. kvfirewall=managed)")
+        raise SettingsError(f"{setting}: {value!r} is not name=value (e.g. kvfirewall=managed)")
     return name, tag_value
 
 
@@ -392,6 +444,59 @@ def _parse_days(value: str) -> int:
             f"KVF_REPORT_DAYS: {value!r} is not a whole number of days from 1 to {MAX_REPORT_DAYS}"
         )
     return days
+
+
+def _parse_leases(get: Callable[[str], str], arm_endpoint: str) -> LeaseSettings:
+    """`KVF_LEASE_*`, validated only with `KVF_LEASES=entra`; the authority is azure-identity's
+    own `AZURE_AUTHORITY_HOST`, else that of `KVF_ARM_ENDPOINT`'s cloud."""
+    mode = (get("KVF_LEASES") or "off").lower()
+    if mode == "off":
+        return LeaseSettings()
+    if mode != "entra":
+        raise SettingsError(f"KVF_LEASES: {get('KVF_LEASES')!r} is not off or entra")
+    tenant = get("KVF_LEASE_TENANT")
+    if not tenant:
+        raise SettingsError("KVF_LEASE_TENANT is required with KVF_LEASES=entra: a tenant id")
+    if not SUBSCRIPTION_RE.match(tenant):
+        raise SettingsError(f"KVF_LEASE_TENANT: {tenant!r} is not a tenant id (a GUID)")
+    audiences = tuple(_unique(_items(get("KVF_LEASE_AUDIENCES"))))
+    if not audiences:
+        raise SettingsError(
+            "KVF_LEASE_AUDIENCES is required with KVF_LEASES=entra: the app id URI and client id"
+        )
+    for audience in audiences:
+        if any(c.isspace() for c in audience) or len(audience) > 256:
+            raise SettingsError(f"KVF_LEASE_AUDIENCES: {audience[:80]!r} is not an audience")
+    authority = get("AZURE_AUTHORITY_HOST") or defaults_for(arm_endpoint).authority_host
+    authority = _https_url("AZURE_AUTHORITY_HOST", authority, query_allowed=False).rstrip("/")
+    tag = _parse_tag("KVF_LEASE_TAG", get("KVF_LEASE_TAG") or DEFAULT_LEASE_TAG)
+    text = get("KVF_LEASE_MAX_MINUTES") or str(DEFAULT_LEASE_MAX_MINUTES)
+    minutes = int(text) if text.isascii() and text.isdigit() else 0
+    if not 1 <= minutes <= MAX_LEASE_MINUTES:
+        raise SettingsError(
+            f"KVF_LEASE_MAX_MINUTES: {text!r} is not a whole number of minutes "
+            f"from 1 to {MAX_LEASE_MINUTES}"
+        )
+    scope = (get("KVF_LEASE_IP_SCOPE") or "azure").lower()
+    if scope not in ("azure", "any"):
+        raise SettingsError(
+            f"KVF_LEASE_IP_SCOPE: {get('KVF_LEASE_IP_SCOPE')!r} is not azure or any"
+        )
+    principals = []
+    for value in _items(get("KVF_LEASE_PRINCIPALS")):
+        if not SUBSCRIPTION_RE.match(value):
+            raise SettingsError(f"KVF_LEASE_PRINCIPALS: {value!r} is not an object id (a GUID)")
+        principals.append(value.lower())
+    return LeaseSettings(
+        mode="entra",
+        tenant=tenant.lower(),
+        audiences=audiences,
+        authority=authority,
+        tag=tag,
+        max_minutes=minutes,
+        ip_scope="azure" if scope == "azure" else "any",
+        principals=tuple(_unique(principals)),
+    )
 
 
 def _is_connection_string(value: str) -> bool:

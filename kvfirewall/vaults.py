@@ -433,6 +433,12 @@ class Arm:
 
     def get_vault(self, ref: VaultRef) -> VaultState | None:
         """A fresh read of one vault, or None if it does not exist (any more)."""
+        document = self.get_vault_document(ref)
+        return None if document is None else state_of(document)
+
+    def get_vault_document(self, ref: VaultRef) -> dict | None:
+        """A fresh read of one vault as Resource Manager's JSON (camelCase), access policies
+        and all; None if it does not exist (any more)."""
         vaults = self._client(ref.subscription).vaults
         try:
             vault = self._read(
@@ -440,7 +446,7 @@ class Arm:
             )
         except ResourceNotFoundError:
             return None
-        return to_state(vault)
+        return vault.as_dict()
 
     def get_deleted_vault(self, ref: VaultRef, location: str) -> DeletedVault | None:
         """The soft-deleted vault of this id in `location`, or None once it is purged (or
@@ -569,7 +575,11 @@ def _describe(exc: Exception) -> str:
 
 def to_state(vault) -> VaultState:
     """An SDK `Vault` (a camelCase mapping since azure-mgmt-keyvault 13) as a `VaultState`."""
-    data = vault.as_dict()
+    return state_of(vault.as_dict())
+
+
+def state_of(data: dict) -> VaultState:
+    """A vault's JSON as a `VaultState`."""
     properties = data.get("properties") or {}
     return VaultState(
         id=data["id"],

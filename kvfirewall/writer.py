@@ -81,8 +81,13 @@ class VaultWorker:
         source_version: str,
         in_scope: Callable[[VaultState], bool],
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        reread: Callable[[], Desired] | None = None,
     ) -> None:
+        """`reread`: the desired set read again under a vault's lease, before its write
+        (active access leases change while a run goes on: a lease granted after the run read
+        them must not lose its rule to the run's older view)."""
         self.now = now
+        self.reread = reread
         self.source_version = source_version
         self.in_scope = in_scope
         self.settings = settings
@@ -133,11 +138,11 @@ class VaultWorker:
         )
         return result
 
-    def _plan(self, state: VaultState, entry: LedgerEntry) -> Plan:
+    def _plan(self, state: VaultState, entry: LedgerEntry, desired: Desired | None = None) -> Plan:
         return plan_vault(
             state,
             entry,
-            self.desired,
+            (desired or self.desired).for_vault(state.id),
             lock_open=self.settings.lock_open_vaults,
             enable_disabled=self.settings.enable_disabled_vaults,
         )
@@ -172,9 +177,10 @@ class VaultWorker:
         attempt = _Attempt(entry=stored, stored=stored)
         backoff = self.arm.write_backoff()
         rereads = STALE_REREADS
+        desired = self.reread() if self.reread is not None else self.desired
         while True:
             try:
-                result = self._attempt(ref, lease, attempt, backoff)
+                result = self._attempt(ref, lease, attempt, backoff, desired)
             except StaleEntry:
                 # Another holder wrote the entry (this lease ran out unnoticed): nothing was
                 # overwritten. Read it again and plan again, still claiming what our own
@@ -189,7 +195,7 @@ class VaultWorker:
                 return result
 
     def _attempt(
-        self, ref: VaultRef, lease: Lease, attempt: _Attempt, backoff: Backoff
+        self, ref: VaultRef, lease: Lease, attempt: _Attempt, backoff: Backoff, desired: Desired
     ) -> VaultResult | None:
         """One pass of the protocol from a fresh read: the result, or None to go again."""
         # Wait for the subscription's write quota first, so that the read below is as
@@ -201,7 +207,7 @@ class VaultWorker:
         if not self.in_scope(state):
             return VaultResult(id=state.id, outcome="skipped", reason="left scope meanwhile")
         attempt.entry = _settled(attempt.entry, state)
-        plan = self._plan(state, attempt.entry)
+        plan = self._plan(state, attempt.entry, desired)
         if plan.action != "write":
             result = self._settle(plan, attempt.entry, ref, attempt.stored, lease)
             if attempt.landed is not None and result.outcome == "unchanged":  # it had landed

@@ -246,6 +246,10 @@ def test_the_app_has_exactly_the_documented_triggers():
         "ranges_http",
         "status_http",
         "runs_http",
+        "lease_grant_http",
+        "lease_release_http",
+        "leases_http",
+        "expire_leases",
     }
     assert bindings["reconcile_timer"] == [
         {
@@ -279,6 +283,19 @@ def test_the_app_has_exactly_the_documented_triggers():
         "status": ["GET"],
         "runs/{id?}": ["GET"],
     }
+    # Leases: a pipeline authenticates with its Entra token, checked by kvfirewall, not a key.
+    leases = {name: bindings[name][0] for name in ("lease_grant_http", "lease_release_http")}
+    assert {(t["route"], tuple(t["methods"]), t["authLevel"]) for t in leases.values()} == {
+        ("leases", ("POST",), "ANONYMOUS"),
+        ("leases/{id}", ("DELETE",), "ANONYMOUS"),
+    }
+    listing = bindings["leases_http"][0]
+    assert (listing["route"], listing["methods"], listing["authLevel"]) == (
+        "leases",
+        ["GET"],
+        "FUNCTION",
+    )
+    assert bindings["expire_leases"][0]["schedule"] == "%KVF_LEASE_SCHEDULE%"
 
 
 def test_bad_settings_do_not_stop_indexing_and_each_invocation_names_the_setting(tmp_path):
@@ -309,7 +326,7 @@ print(json.dumps({"functions": sorted(functions), "status": response.status_code
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert len(out["functions"]) == 7
+    assert len(out["functions"]) == 11
     assert out["status"] == 500 and "KVF_SUBSCRIPTIONS is required" in out["body"]["error"]
     assert out["timer"].startswith("SettingsError: KVF_SUBSCRIPTIONS is required")
 

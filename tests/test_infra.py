@@ -121,7 +121,7 @@ def test_funcignore_publishes_the_app_and_nothing_else():
     app = ("function_app.py", "host.json", "requirements.txt", "functions/", "kvfirewall/")
     assert kept == {path for path in tracked if path.startswith(app)}
     assert {
-        "kvfirewall/data/ServiceTags_Public_20251028.AzureDevOps-only.json",
+        "kvfirewall/data/ServiceTags_Public_20251028.AzureDevOps-and-AzureCloud-europe.json",
         "kvfirewall/settings.py",
         "functions/event_grid.py",
     } <= kept
@@ -596,6 +596,9 @@ def test_custom_roles_allow_exactly_the_documented_actions():
         "Microsoft.KeyVault/vaults/write",
         "Microsoft.KeyVault/locations/deletedVaults/read",
         "Microsoft.Network/locations/serviceTags/read",
+        # Access leases: who may read a vault's secrets (Resource Manager resolves groups).
+        "Microsoft.Authorization/roleAssignments/read",
+        "Microsoft.Authorization/roleDefinitions/read",
     }
 
 

@@ -162,9 +162,82 @@ def test_every_documented_setting_is_read(monkeypatch):
         "KVF_SUBSCRIPTIONS": "00000000-0000-0000-0000-00000000000b",
         "KVF_LISTING": "graph",
     }
-    assert set(changed) == set(SETTINGS) - HOST_SETTINGS
+    leasing = {
+        "KVF_LEASES": "entra",
+        "KVF_LEASE_TENANT": TENANT,
+        "KVF_LEASE_AUDIENCES": "api://kvfirewall-leases",
+    }
+    lease_base = load(**leasing)
+    lease_changes = {
+        "KVF_LEASE_TENANT": "3f1c2a4b-1111-4222-8333-444455556667",
+        "KVF_LEASE_AUDIENCES": "api://other",
+        "KVF_LEASE_TAG": "leases=yes",
+        "KVF_LEASE_MAX_MINUTES": "120",
+        "KVF_LEASE_IP_SCOPE": "any",
+        "KVF_LEASE_PRINCIPALS": TENANT,
+    }
+    assert set(changed) | set(lease_changes) | {"KVF_LEASES"} == set(SETTINGS) - HOST_SETTINGS
+    assert lease_base != base
     for name, value in changed.items():
         assert load(**{name: value}) != base, name
+    for name, value in lease_changes.items():
+        assert load(**{**leasing, name: value}) != lease_base, name
+        assert load(**{name: value}) == base, name  # read only with KVF_LEASES=entra
+
+
+TENANT = "3f1c2a4b-1111-4222-8333-444455556666"
+
+
+def test_lease_settings_are_parsed_with_the_clouds_authority():
+    leases = load(
+        KVF_LEASES="Entra",
+        KVF_LEASE_TENANT=TENANT.upper(),
+        KVF_LEASE_AUDIENCES="api://kvfirewall-leases, 0b6f1a2c-3d4e-4f50-8a61-72839405a6b7,",
+        KVF_ARM_ENDPOINT="https://management.usgovcloudapi.net",
+    ).leases
+    assert leases.enabled and leases.tenant == TENANT
+    assert leases.audiences == ("api://kvfirewall-leases", "0b6f1a2c-3d4e-4f50-8a61-72839405a6b7")
+    assert leases.authority == "https://login.microsoftonline.us"
+    assert (leases.tag, leases.max_minutes, leases.ip_scope) == (
+        ("kvfirewall-leases", "enabled"),
+        60,
+        "azure",
+    )
+    own = load(
+        KVF_LEASES="entra",
+        KVF_LEASE_TENANT=TENANT,
+        KVF_LEASE_AUDIENCES="api://x",
+        AZURE_AUTHORITY_HOST="https://login.example.test/",
+    )
+    assert own.leases.authority == "https://login.example.test"
+    assert not load().leases.enabled
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"KVF_LEASES": "on"}, "KVF_LEASES"),
+        ({"KVF_LEASE_TENANT": None}, "KVF_LEASE_TENANT"),
+        ({"KVF_LEASE_TENANT": "contoso.onmicrosoft.com"}, "KVF_LEASE_TENANT"),
+        ({"KVF_LEASE_AUDIENCES": " , "}, "KVF_LEASE_AUDIENCES"),
+        ({"KVF_LEASE_MAX_MINUTES": "1441"}, "KVF_LEASE_MAX_MINUTES"),
+        ({"KVF_LEASE_MAX_MINUTES": "0"}, "KVF_LEASE_MAX_MINUTES"),
+        ({"KVF_LEASE_IP_SCOPE": "anywhere"}, "KVF_LEASE_IP_SCOPE"),
+        ({"KVF_LEASE_PRINCIPALS": "pipeline-sp"}, "KVF_LEASE_PRINCIPALS"),
+        ({"KVF_LEASE_TAG": "novalue"}, "KVF_LEASE_TAG"),
+        ({"AZURE_AUTHORITY_HOST": "http://login.microsoftonline.com"}, "AZURE_AUTHORITY_HOST"),
+    ],
+)
+def test_bad_lease_settings_are_named(values, named):
+    env = {
+        "KVF_LEASES": "entra",
+        "KVF_LEASE_TENANT": TENANT,
+        "KVF_LEASE_AUDIENCES": "api://kvfirewall-leases",
+        **values,
+    }
+    with pytest.raises(SettingsError) as caught:
+        load(**env)
+    assert str(caught.value).startswith(named)
 
 
 @pytest.mark.parametrize(
