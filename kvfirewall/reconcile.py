@@ -15,9 +15,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from queue import Empty, Full, Queue
 
+from kvfirewall.agent_networks import AgentNetworks
+from kvfirewall.agent_pools import SubnetCheck, check_subnets, pools_json, resolve_pools
 from kvfirewall.errors import one_line
 from kvfirewall.ledger import StateStore
 from kvfirewall.plan import VaultState
+from kvfirewall.pool_snapshot import PoolDecision, PoolSnapshot
 from kvfirewall.ranges import (
     RangeDecision,
     RangeSourceError,
@@ -122,6 +125,9 @@ def reconcile(
     refresh_ranges: bool = True,
     thread_init: Callable[[], None] | None = None,
     spool: ReportSpool | None = None,
+    nets: AgentNetworks | None = None,
+    refresh_pools: bool | None = None,
+    reserve_scale: float = 1.0,
 ) -> Report:
     """Reconcile every vault in scope (or one vault) and return the report.
 
@@ -132,17 +138,28 @@ def reconcile(
     `thread_init` runs in each worker thread first (the Functions worker forwards log records
     only from threads that carry the invocation's id). With a `spool`, every vault's result
     goes there and the report keeps only the counts and the vaults that changed or failed.
+    With `nets`, the agent pools are resolved (fetched unless `refresh_pools`, default
+    `refresh_ranges`, is false) and every subnet the run would add is checked for the Key
+    Vault service endpoint, and fixed with KVF_FIX_SERVICE_ENDPOINTS in a writing run.
+    `reserve_scale` scales the time kept for listing a page and starting a vault (sized for
+    an HTTP request's budget) to a shorter budget.
     """
     started = time.monotonic()
     calls_before = dataclasses.replace(arm.counts)  # an Arm may serve many runs
-    decision = resolve_ranges(
-        settings,
-        store,
-        arm,
-        save=write if save_snapshot is None else save_snapshot,
-        refresh=refresh_ranges,
+    save = write if save_snapshot is None else save_snapshot
+    decision = resolve_ranges(settings, store, arm, save=save, refresh=refresh_ranges)
+    pools = PoolDecision(pools=(), snapshot=PoolSnapshot())
+    check = SubnetCheck()
+    if nets is not None:
+        nets_before = dataclasses.replace(nets.counts)
+        refresh = refresh_ranges if refresh_pools is None else refresh_pools
+        pools = resolve_pools(settings, store, nets, save=save, refresh=refresh)
+    desired = desired_rules(
+        settings, decision.snapshot, pools.pools, unresolved_pools=pools.unresolved
     )
-    desired = desired_rules(settings, decision.snapshot)
+    if nets is not None:
+        fix = settings.fix_service_endpoints and write and mode == "enforce"
+        check = check_subnets(nets, [s for s, _ in desired.subnets.values()], fix=fix)
     report = Report(
         mode=mode,
         source={
@@ -153,9 +170,18 @@ def reconcile(
             "added": [str(p) for p in decision.added],
             "removed": [str(p) for p in decision.removed],
         },
-        warnings=[*decision.warnings, *desired.warnings],
+        warnings=[*decision.warnings, *desired.warnings, *pools.warnings, *check.warnings],
         spool=spool,
     )
+    if pools.pools or check.endpoints:
+        report.agent_networks = {
+            "pools": pools_json(pools.pools, check),
+            "subnets": [
+                {"id": e.subnet_id, "serviceEndpoint": check.has_endpoint(e.subnet_id)}
+                for e in check.endpoints
+            ],
+            "endpointFixes": check.fixes_json(),
+        }
     worker = VaultWorker(
         settings,
         store,
@@ -164,15 +190,19 @@ def reconcile(
         write,
         source_version=decision.snapshot.version,
         in_scope=lambda state: in_scope(state, settings),
+        reserve_scale=reserve_scale,
     )
     if vault is not None:
         report.add(worker.one(vault))
     else:
-        _reconcile_listed(settings, arm, worker, report, progress, thread_init)
+        _reconcile_listed(settings, arm, worker, report, progress, thread_init, reserve_scale)
     report.arm_calls = {
         field: getattr(arm.counts, field) - getattr(calls_before, field)
         for field in ("reads", "writes", "throttled")
     }
+    if nets is not None:
+        for field in report.arm_calls:
+            report.arm_calls[field] += getattr(nets.counts, field) - getattr(nets_before, field)
     report.duration_seconds = time.monotonic() - started
     return report
 
@@ -184,6 +214,7 @@ def _reconcile_listed(
     report: Report,
     progress: Progress | None,
     thread_init: Callable[[], None] | None,
+    reserve_scale: float,
 ) -> None:
     """Reconcile every listed vault in scope as its page arrives, on `WORKERS` threads.
 
@@ -204,7 +235,7 @@ def _reconcile_listed(
             progress(report.total, result)
 
     with ThreadPoolExecutor(max_workers=WORKERS, initializer=thread_init) as pool:
-        for item in _listed(settings, arm, thread_init):
+        for item in _listed(settings, arm, thread_init, reserve_scale):
             if isinstance(item, str):
                 report.warnings.append(item)
             elif isinstance(item, VaultResult):
@@ -220,7 +251,7 @@ def _reconcile_listed(
 
 
 def _listed(
-    settings: Settings, arm: Arm, thread_init: Callable[[], None] | None
+    settings: Settings, arm: Arm, thread_init: Callable[[], None] | None, reserve_scale: float
 ) -> Iterator[VaultState | VaultResult | str]:
     """Every vault of every managed subscription, listed `LISTERS` subscriptions at a time, as
     pages arrive; a subscription that cannot be listed yields a result (and a warning)."""
@@ -238,7 +269,8 @@ def _listed(
 
     def list_subscription(subscription: str) -> None:
         try:
-            for state in arm.list_vaults(subscription, reserve_seconds=VAULT_RESERVE_SECONDS):
+            reserve = VAULT_RESERVE_SECONDS * reserve_scale
+            for state in arm.list_vaults(subscription, reserve_seconds=reserve):
                 if stop.is_set():  # the consumer is gone: read no further page
                     return
                 put(state)

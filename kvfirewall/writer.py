@@ -81,7 +81,11 @@ class VaultWorker:
         source_version: str,
         in_scope: Callable[[VaultState], bool],
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        reserve_scale: float = 1.0,
     ) -> None:
+        """`reserve_scale`: VAULT_RESERVE_SECONDS is sized for an HTTP request's budget; a
+        run with a shorter one (every vault within an event) scales it down in proportion."""
+        self.reserve_scale = reserve_scale
         self.now = now
         self.source_version = source_version
         self.in_scope = in_scope
@@ -106,7 +110,8 @@ class VaultWorker:
     def in_budget(self, state: VaultState) -> VaultResult:
         """A listed vault, unless the run's time budget is (nearly) spent."""
         remaining = self.arm.remaining()
-        if remaining is not None and remaining < VAULT_RESERVE_SECONDS:
+        reserve = VAULT_RESERVE_SECONDS * self.reserve_scale
+        if remaining is not None and remaining < reserve:
             return VaultResult(id=state.id, outcome="skipped", reason=NOT_REACHED)
         return self.listed(state)
 
