@@ -23,6 +23,7 @@ from kvfirewall.errors import one_line
 from kvfirewall.events import EventTarget, MalformedEvent, event_target
 from kvfirewall.geographies import GEOGRAPHY_REGIONS
 from kvfirewall.ledger import StateStore, open_store
+from kvfirewall.pool_snapshot import PoolSnapshot
 from kvfirewall.pools import PoolKind, PoolRef
 from kvfirewall.ranges import desired_rules
 from kvfirewall.reconcile import Progress, reconcile, resolve_ranges
@@ -249,6 +250,10 @@ class Service:
             return EventOutcome(
                 action="ignored", reason=f"agent pool {pool.id} is neither listed nor discovered"
             )
+        if self._networks_unchanged(pool):
+            return EventOutcome(
+                action="ignored", reason=f"agent pool {pool.id} written, its networks unchanged"
+            )
         report = self.run(
             write=self.writes,
             mode=self.settings.mode,
@@ -260,6 +265,23 @@ class Service:
         return EventOutcome(
             action="reconciled", reason=f"agent pool {pool.id} written", report=report
         )
+
+    def _networks_unchanged(self, pool: PoolRef) -> bool:
+        """Whether a pool reads as its stored networks: one GET. A scale set's write is most
+        often its agents scaling, which moves no network and is worth no run over every
+        vault. Unknown (not stored, unreadable): False, and the run decides."""
+        try:
+            stored = PoolSnapshot.from_json(
+                self.store.read_pools() or {"pools": [], "discovered": {}}
+            )
+        except (ValueError, KeyError, TypeError):
+            return False
+        known = stored.pools.get(pool.key)
+        if known is None:
+            return False
+        arm = self.arm(budget_seconds=EVENT_BUDGET_SECONDS)
+        now = self.agent_networks(arm).resolve(pool)
+        return now.readable and (now.subnets, now.addresses) == (known.subnets, known.addresses)
 
     def ranges(self) -> dict:
         """What would be allowed, by geography and region, and from which source version.

@@ -298,6 +298,11 @@ def test_a_listed_or_discovered_pools_write_reconciles_every_vault(emulator, tmp
     vaults = [emulator.add_vault(SUB, "apps", f"kv-{n}") for n in range(3)]
     svc = service(emulator, tmp_path, KVF_AGENT_POOLS=VMSS)
     enforce(svc)
+    # A scale set scaling out is a write too: one read shows its network unchanged.
+    emulator.clear_log()
+    scaled = svc.handle_event(**pool_event(VMSS))
+    assert scaled.action == "ignored" and "unchanged" in scaled.reason
+    assert [(r.method, r.path) for r in emulator.requests] == [("GET", VMSS)]
     emulator.agent_networks.put_resource(scale_set_payload(VMSS, [[B]]))
 
     outcome = svc.handle_event(**pool_event(VMSS))
