@@ -6,6 +6,7 @@ Vault service endpoint, and pool writes arrive as events that fit Event Grid's w
 from __future__ import annotations
 
 import functools
+import json
 from ipaddress import IPv4Network
 from pathlib import Path
 
@@ -368,3 +369,21 @@ def test_a_pool_event_reaches_a_small_estate_within_event_grids_wait(
     assert (report.counts["updated"], report.cut_short, report.cut_short_subscriptions) == (5, 0, 0)
     assert all(subnets_of(emulator, v) == {A.lower()} for v in vaults)
     assert clock.now < service_module.EVENT_BUDGET_SECONDS
+
+
+def test_the_cli_ranges_lists_the_pools(emulator, tmp_path, subnets, monkeypatch, capsys):
+    from kvfirewall.cli import main
+
+    emulator.agent_networks.put_resource(pool_payload(POOL, subnet_id=A))
+    for name, value in {
+        "KVF_SUBSCRIPTIONS": SUB,
+        "KVF_IP_SOURCE": "builtin",
+        "KVF_STATE": str(tmp_path / "state"),
+        "KVF_AGENT_POOLS": POOL,
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert main(["ranges", "--json"]) == 0
+    [pool] = json.loads(capsys.readouterr().out)["pools"]
+    assert pool["subnets"] == [{"id": A, "serviceEndpoint": True}] and pool["status"] == "ok"
+    assert main(["ranges"]) == 0
+    assert f"pool {POOL}: ok" in capsys.readouterr().out
