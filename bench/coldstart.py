@@ -38,6 +38,10 @@ LAZY = (
     "azure.core",
     "azure.identity",
     "azure.mgmt.keyvault",
+    "azure.mgmt.devopsinfrastructure",
+    "azure.mgmt.compute",
+    "azure.mgmt.network",
+    "azure.mgmt.resource",
     "azure.data.tables",
     "azure.storage.blob",
     "requests",
@@ -48,6 +52,8 @@ LAZY = (
     "kvfirewall.vaults",
     "kvfirewall.ledger",
     "kvfirewall.sources",
+    "kvfirewall.agent_networks",
+    "kvfirewall.agent_pools",
 )
 # Imports the modules named on the command line in turn; prints the seconds each took.
 _TIMED = """

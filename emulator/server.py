@@ -450,9 +450,12 @@ class Emulator:
         return vault_id
 
     def add_subnet(self, subnet_id: str, *, service_endpoint: bool = True) -> None:
-        """Make a subnet exist, with or without the Microsoft.KeyVault service endpoint."""
+        """Make a subnet exist, with or without the Microsoft.KeyVault service endpoint (as
+        Key Vault validates rules against it, and as Subnets_Get shows it)."""
         if not vaults.is_subnet_id(subnet_id):
             raise ValueError(f"not a subnet resource id: {subnet_id!r}")
+        endpoints = [agentnets.KEY_VAULT_SERVICE] if service_endpoint else []
+        self.agent_networks.put_subnet(subnet_id, service_endpoints=endpoints)
         with self._lock:
             self._subnets[vaults.normalize_subnet_id(subnet_id)] = service_endpoint
 

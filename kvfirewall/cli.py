@@ -134,6 +134,13 @@ def _ranges(data: dict, *, as_json: bool) -> int:
     print(f"source: {data['source']}  version: {data['version']}  ({data['status']})")
     for rule in data["ipRules"] + data["virtualNetworkRules"]:
         print(f"  {rule['rule']:<20}  {rule['why']}")
+    for pool in data["pools"]:
+        print(f"pool {pool['id']}: {pool['status']}")
+        for subnet in pool["subnets"]:
+            endpoint = "endpoint ok" if subnet["serviceEndpoint"] else "NO Key Vault endpoint"
+            print(f"  subnet {subnet['id']}  ({endpoint})")
+        for address in pool["addresses"]:
+            print(f"  address {address}")
     for warning in data["warnings"]:
         print(f"warning: {warning}")
     print(f"{len(data['ipRules'])} IPv4 rules, {len(data['virtualNetworkRules'])} subnet rules")

@@ -48,6 +48,7 @@ LEASE_SECONDS = 60  # a Blob lease's longest fixed term; kept renewed while held
 LEASE_POLL_SECONDS = 0.5
 CONTAINER_NAME = "kvfirewall"
 SNAPSHOT_BLOB = "ranges/last-good.json"
+POOLS_BLOB = "pools/last-resolved.json"  # the agent pools' last resolved networks
 REPORTS = "reports"  # reports/<name>.json, in the directory or the container
 # Storage that is down or hangs should fail a run in seconds, not after the SDKs' minutes of
 # backoff and 60-300 s read timeouts: the next run (or Event Grid's redelivery, which waits only
@@ -148,6 +149,12 @@ class StateStore(Protocol):
     def read_snapshot(self) -> Snapshot | None: ...
 
     def write_snapshot(self, snapshot: Snapshot) -> None: ...
+
+    def read_pools(self) -> dict | None:
+        """The agent pools' last resolved networks as stored (`PoolSnapshot.to_json`)."""
+        ...
+
+    def write_pools(self, data: dict) -> None: ...
 
     def describe(self) -> str: ...
 
@@ -358,6 +365,13 @@ class LocalStore:
 
     def write_snapshot(self, snapshot: Snapshot) -> None:
         _atomic_write(self.root / SNAPSHOT_BLOB, snapshot.to_json())
+
+    def read_pools(self) -> dict | None:
+        path = self.root / POOLS_BLOB
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_pools(self, data: dict) -> None:
+        _atomic_write(self.root / POOLS_BLOB, data)
 
     @contextlib.contextmanager
     def lease(self, vault_key: str, *, wait_seconds: float) -> Iterator[Lease]:
@@ -623,6 +637,19 @@ class AzureStore:
     def write_snapshot(self, snapshot: Snapshot) -> None:
         text = json.dumps(snapshot.to_json(), indent=1)
         self._created(lambda: self._container.upload_blob(SNAPSHOT_BLOB, text, overwrite=True))
+
+    def read_pools(self) -> dict | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            data = self._container.download_blob(POOLS_BLOB).readall()
+        except ResourceNotFoundError:  # no blob, or no container yet
+            return None
+        return json.loads(data)
+
+    def write_pools(self, data: dict) -> None:
+        text = json.dumps(data, indent=1)
+        self._created(lambda: self._container.upload_blob(POOLS_BLOB, text, overwrite=True))
 
     @contextlib.contextmanager
     def lease(self, vault_key: str, *, wait_seconds: float) -> Iterator[Lease]:

@@ -11,11 +11,12 @@ historically the AzureDevOps tag has only ever grown.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network
 
 from kvfirewall.geographies import GEOGRAPHY_REGIONS
+from kvfirewall.pools import PoolNetworks
 from kvfirewall.rules import WIDEST_PREFIX, RuleError, public_ipv4_network, subnet_key
 from kvfirewall.settings import Settings
 
@@ -297,6 +298,9 @@ class Desired:
     # Configured regions the snapshot has no ranges for. While there are any (a typo, a region
     # without the tag) the set is not trustworthy, so no IP rule kvfirewall owns is removed.
     missing_regions: tuple[str, ...] = ()
+    # Agent pools (or pool listings) whose networks are not known at all: no rule kvfirewall
+    # owns is removed while there are any, since it may be theirs.
+    unresolved_pools: tuple[str, ...] = ()
     # Active access leases: per vault (its lower-cased id), the /32s wanted on that vault only,
     # each with the lease that wants it. `for_vault` merges them in for the planner.
     leases: Mapping[str, Mapping[IPv4Network, str]] = field(default_factory=dict)
@@ -314,8 +318,15 @@ class Desired:
         return replace(self, ip_rules=ip_rules, leases={})
 
 
-def desired_rules(settings: Settings, snapshot: Snapshot) -> Desired:
-    """The configured geographies/regions resolved against a snapshot, plus the extra rules."""
+def desired_rules(
+    settings: Settings,
+    snapshot: Snapshot,
+    pools: Iterable[PoolNetworks] = (),
+    *,
+    unresolved_pools: tuple[str, ...] = (),
+) -> Desired:
+    """The configured geographies/regions resolved against a snapshot, plus the extra rules,
+    the agent subnets, and the networks of the agent pools (resolved by the caller)."""
     ip_rules: dict[IPv4Network, str] = {}
     warnings: list[str] = []
     missing: list[str] = []
@@ -336,9 +347,16 @@ def desired_rules(settings: Settings, snapshot: Snapshot) -> Desired:
     for network in settings.extra_ip_rules:
         ip_rules.setdefault(network, "KVF_EXTRA_IP_RULES")
     subnets = {subnet_key(s): (s, "KVF_AGENT_SUBNETS") for s in settings.agent_subnets}
+    for pool in pools:
+        why = f"agent pool {pool.pool.id}"
+        for network in pool.addresses:
+            ip_rules.setdefault(network, why)
+        for subnet in pool.subnets:
+            subnets.setdefault(subnet_key(subnet), (subnet, why))
     return Desired(
         ip_rules=ip_rules,
         subnets=subnets,
         warnings=tuple(warnings),
         missing_regions=tuple(missing),
+        unresolved_pools=unresolved_pools,
     )

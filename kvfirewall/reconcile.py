@@ -16,11 +16,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from queue import Empty, Full, Queue
 
+from kvfirewall.agent_networks import AgentNetworks
+from kvfirewall.agent_pools import SubnetCheck, check_subnets, pools_json, resolve_pools
 from kvfirewall.errors import is_transient, one_line
 from kvfirewall.leases import lease_rules
 from kvfirewall.ledger import StateStore
 from kvfirewall.management_groups import ManagementGroups
 from kvfirewall.plan import VaultState
+from kvfirewall.pool_snapshot import PoolDecision, PoolSnapshot
 from kvfirewall.ranges import (
     Desired,
     RangeDecision,
@@ -161,6 +164,9 @@ def reconcile(
     thread_init: Callable[[], None] | None = None,
     spool: ReportSpool | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    nets: AgentNetworks | None = None,
+    refresh_pools: bool | None = None,
+    reserve_scale: float = 1.0,
 ) -> Report:
     """Reconcile every vault in scope (or one vault) and return the report.
 
@@ -173,19 +179,29 @@ def reconcile(
     goes there and the report keeps only the counts and the vaults that changed or failed.
     With access leases on, the active leases' addresses are wanted too (read once per run, and
     again under a vault's lease before it is written), as of `now()`: any run after a lease
-    ends takes its rule away.
+    ends takes its rule away. With `nets`, the agent pools are resolved (fetched unless
+    `refresh_pools`, default `refresh_ranges`, is false) and every subnet the run would add is
+    checked for the Key Vault service endpoint, and fixed with KVF_FIX_SERVICE_ENDPOINTS in a
+    writing run. `reserve_scale` scales the time kept for listing a page and starting a vault
+    (sized for an HTTP request's budget) to a shorter budget.
     """
     started = time.monotonic()
     calls_before = dataclasses.replace(arm.counts)  # an Arm may serve many runs
     scope = run_scope(settings, arm, vault)
-    decision = resolve_ranges(
-        settings,
-        store,
-        arm,
-        save=write if save_snapshot is None else save_snapshot,
-        refresh=refresh_ranges,
+    save = write if save_snapshot is None else save_snapshot
+    decision = resolve_ranges(settings, store, arm, save=save, refresh=refresh_ranges)
+    pools = PoolDecision(pools=(), snapshot=PoolSnapshot())
+    check = SubnetCheck()
+    if nets is not None:
+        nets_before = dataclasses.replace(nets.counts)
+        refresh = refresh_ranges if refresh_pools is None else refresh_pools
+        pools = resolve_pools(settings, store, nets, save=save, refresh=refresh)
+    desired = desired_rules(
+        settings, decision.snapshot, pools.pools, unresolved_pools=pools.unresolved
     )
-    desired = desired_rules(settings, decision.snapshot)
+    if nets is not None:
+        fix = settings.fix_service_endpoints and write and mode == "enforce"
+        check = check_subnets(nets, [s for s, _ in desired.subnets.values()], fix=fix)
     managed = frozenset(scope.subscriptions)  # asked once per vault
     reread = None
     if settings.leases.enabled:
@@ -201,9 +217,24 @@ def reconcile(
             "added": [str(p) for p in decision.added],
             "removed": [str(p) for p in decision.removed],
         },
-        warnings=[*scope.warnings, *decision.warnings, *desired.warnings],
+        warnings=[
+            *scope.warnings,
+            *decision.warnings,
+            *desired.warnings,
+            *pools.warnings,
+            *check.warnings,
+        ],
         spool=spool,
     )
+    if pools.pools or check.endpoints:
+        report.agent_networks = {
+            "pools": pools_json(pools.pools, check),
+            "subnets": [
+                {"id": e.subnet_id, "serviceEndpoint": check.has_endpoint(e.subnet_id)}
+                for e in check.endpoints
+            ],
+            "endpointFixes": check.fixes_json(),
+        }
     worker = VaultWorker(
         settings,
         store,
@@ -214,15 +245,21 @@ def reconcile(
         in_scope=lambda state: in_scope(state, settings, managed),
         now=now,
         reread=reread,
+        reserve_scale=reserve_scale,
     )
     if vault is not None:
         report.add(worker.one(vault) if vault.subscription in scope else _not_managed(vault, scope))
     else:
-        _reconcile_listed(settings, scope, managed, arm, worker, report, progress, thread_init)
+        _reconcile_listed(
+            settings, scope, managed, arm, worker, report, progress, thread_init, reserve_scale
+        )
     report.arm_calls = {
         field: getattr(arm.counts, field) - getattr(calls_before, field)
         for field in ("reads", "writes", "throttled")
     }
+    if nets is not None:
+        for field in report.arm_calls:
+            report.arm_calls[field] += getattr(nets.counts, field) - getattr(nets_before, field)
     report.duration_seconds = time.monotonic() - started
     return report
 
@@ -249,6 +286,7 @@ def _reconcile_listed(
     report: Report,
     progress: Progress | None,
     thread_init: Callable[[], None] | None,
+    reserve_scale: float,
 ) -> None:
     """Reconcile every listed vault in scope as its page arrives, on `WORKERS` threads.
 
@@ -269,7 +307,7 @@ def _reconcile_listed(
             progress(report.total, result)
 
     with ThreadPoolExecutor(max_workers=WORKERS, initializer=thread_init) as pool:
-        for item in _listed(settings, scope, arm, thread_init):
+        for item in _listed(settings, scope, arm, thread_init, reserve_scale):
             if isinstance(item, str):
                 report.warnings.append(item)
             elif isinstance(item, VaultResult):
@@ -285,19 +323,24 @@ def _reconcile_listed(
 
 
 def _listed(
-    settings: Settings, scope: Scope, arm: Arm, thread_init: Callable[[], None] | None
+    settings: Settings,
+    scope: Scope,
+    arm: Arm,
+    thread_init: Callable[[], None] | None,
+    reserve_scale: float,
 ) -> Iterator[VaultState | VaultResult | str]:
     """Every vault of the run's subscriptions: through Resource Graph (KVF_LISTING=graph),
     and per subscription for what it could not list (with a warning), or per subscription
     from the start (arm)."""
     if settings.listing != "graph" or not scope.subscriptions:
-        yield from _listed_per_subscription(scope.subscriptions, arm, thread_init)
+        yield from _listed_per_subscription(scope.subscriptions, arm, thread_init, reserve_scale)
         return
     graph = ResourceGraph(arm)
     seen: set[str] = set()
     current = ""  # the subscription of the last row: those before it are complete
     try:
-        for state in graph.vaults(scope.subscriptions, reserve_seconds=VAULT_RESERVE_SECONDS):
+        reserve = VAULT_RESERVE_SECONDS * reserve_scale
+        for state in graph.vaults(scope.subscriptions, reserve_seconds=reserve):
             seen.add(state.id.lower())
             current = state.id.split("/")[2].lower()
             yield state
@@ -311,13 +354,16 @@ def _listed(
     except GraphFailed as exc:
         yield f"listing through Resource Graph failed ({exc}): listed per subscription instead"
         pending = tuple(s for s in scope.subscriptions if s >= current)
-        for item in _listed_per_subscription(pending, arm, thread_init):
+        for item in _listed_per_subscription(pending, arm, thread_init, reserve_scale):
             if not (isinstance(item, VaultState) and item.id.lower() in seen):
                 yield item
 
 
 def _listed_per_subscription(
-    subscriptions: tuple[str, ...], arm: Arm, thread_init: Callable[[], None] | None
+    subscriptions: tuple[str, ...],
+    arm: Arm,
+    thread_init: Callable[[], None] | None,
+    reserve_scale: float,
 ) -> Iterator[VaultState | VaultResult | str]:
     """Every vault of these subscriptions, listed `LISTERS` subscriptions at a time, as
     pages arrive; a subscription that cannot be listed yields a result (and a warning)."""
@@ -335,7 +381,8 @@ def _listed_per_subscription(
 
     def list_subscription(subscription: str) -> None:
         try:
-            for state in arm.list_vaults(subscription, reserve_seconds=VAULT_RESERVE_SECONDS):
+            reserve = VAULT_RESERVE_SECONDS * reserve_scale
+            for state in arm.list_vaults(subscription, reserve_seconds=reserve):
                 if stop.is_set():  # the consumer is gone: read no further page
                     return
                 put(state)

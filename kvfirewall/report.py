@@ -175,6 +175,8 @@ class Report:
     spool: ReportSpool | None = None
     vaults_omitted: int = 0  # changed or failed, beyond KEPT_VAULTS: in the stored report only
     stored_as: str | None = None  # the stored report's name
+    # The agent pools' networks, the subnets checked for the Key Vault endpoint, the fixes.
+    agent_networks: dict = field(default_factory=dict)
     _tally: Counter = field(default_factory=Counter, init=False, repr=False)
     _listed: Literal["all", "changed or failed"] = field(default="all", init=False, repr=False)
 
@@ -242,6 +244,7 @@ class Report:
             "cutShort": self.cut_short,
             "cutShortSubscriptions": self.cut_short_subscriptions,
             "warnings": self.warnings,
+            **({"agentNetworks": self.agent_networks} if self.agent_networks else {}),
         }
 
     def to_json(self) -> dict:

@@ -16,12 +16,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
 
+from kvfirewall.agent_networks import AgentNetworks
+from kvfirewall.agent_pools import check_subnets, pools_json, resolve_pools
 from kvfirewall.api import ReconcileRequest
 from kvfirewall.clouds import default_credential
 from kvfirewall.errors import is_transient, one_line
 from kvfirewall.events import EventTarget, MalformedEvent, event_target
 from kvfirewall.geographies import GEOGRAPHY_REGIONS
 from kvfirewall.ledger import StateStore, open_store
+from kvfirewall.pool_snapshot import PoolSnapshot
+from kvfirewall.pools import PoolKind, PoolRef
 from kvfirewall.ranges import desired_rules
 from kvfirewall.reconcile import Progress, reconcile, resolve_ranges, run_scope
 from kvfirewall.report import Report, ReportSpool, Trigger, report_name
@@ -111,6 +115,14 @@ class Service:
         """The service's clock (injectable: leases end by it)."""
         return self._clock()
 
+    def agent_networks(self, arm: Arm) -> AgentNetworks:
+        """Agent-network reads for one run, within the budget of its `arm`."""
+        return AgentNetworks(
+            endpoint=self.settings.arm_endpoint,
+            credential=self.credential(),
+            remaining=arm.remaining,
+        )
+
     @property
     def writes(self) -> bool:
         """Whether unattended runs write (KVF_MODE=enforce) or only report (audit)."""
@@ -128,6 +140,8 @@ class Service:
         progress: Progress | None = None,
         thread_init: Callable[[], None] | None = None,
         trigger: Trigger | None = None,
+        refresh_pools: bool | None = None,
+        reserve_scale: float = 1.0,
     ) -> Report:
         """One run. A run over every vault spools each vault's result, so that memory holds
         only the counts and the vaults that changed or failed, however large the estate; with
@@ -148,6 +162,9 @@ class Service:
                 thread_init=thread_init,
                 spool=spool,
                 now=self._clock,
+                nets=self.agent_networks(arm),
+                refresh_pools=refresh_pools,
+                reserve_scale=reserve_scale,
             )
             if trigger is not None:
                 self._store_report(report, report_name(started, trigger))
@@ -210,6 +227,8 @@ class Service:
             target: EventTarget = event_target(event_type=event_type, subject=subject, data=data)
         except MalformedEvent as exc:
             return EventOutcome(action="malformed", reason=str(exc))
+        if target.pool is not None:
+            return self._pool_event(target.pool)
         if target.vault is None:
             return EventOutcome(action="ignored", reason=target.reason)
         managed = self.settings.subscriptions
@@ -236,6 +255,53 @@ class Service:
             raise RetryLater(f"{result.id}: {result.error}")
         return EventOutcome(action="reconciled", reason=result.reason, report=report)
 
+    def _pool_event(self, pool: PoolRef) -> EventOutcome:
+        """A write of a listed or discovered pool may have moved its network: every vault in
+        scope is reconciled with the pools read afresh, within the event's budget (the
+        reserves scaled to it); what is not reached is reported and left to the timer."""
+        listed = any(p.key == pool.key for p in self.settings.agent_pools)
+        discovered = (
+            self.settings.discover_pools
+            and pool.kind is PoolKind.MANAGED_DEVOPS_POOL
+            and pool.subscription in self.settings.subscriptions
+        )
+        if not (listed or discovered):
+            return EventOutcome(
+                action="ignored", reason=f"agent pool {pool.id} is neither listed nor discovered"
+            )
+        if self._networks_unchanged(pool):
+            return EventOutcome(
+                action="ignored", reason=f"agent pool {pool.id} written, its networks unchanged"
+            )
+        report = self.run(
+            write=self.writes,
+            mode=self.settings.mode,
+            refresh_ranges=False,
+            refresh_pools=True,
+            budget_seconds=EVENT_BUDGET_SECONDS,
+            reserve_scale=EVENT_BUDGET_SECONDS / HTTP_BUDGET_SECONDS,
+        )
+        return EventOutcome(
+            action="reconciled", reason=f"agent pool {pool.id} written", report=report
+        )
+
+    def _networks_unchanged(self, pool: PoolRef) -> bool:
+        """Whether a pool reads as its stored networks: one GET. A scale set's write is most
+        often its agents scaling, which moves no network and is worth no run over every
+        vault. Unknown (not stored, unreadable): False, and the run decides."""
+        try:
+            stored = PoolSnapshot.from_json(
+                self.store.read_pools() or {"pools": [], "discovered": {}}
+            )
+        except (ValueError, KeyError, TypeError):
+            return False
+        known = stored.pools.get(pool.key)
+        if known is None:
+            return False
+        arm = self.arm(budget_seconds=EVENT_BUDGET_SECONDS)
+        now = self.agent_networks(arm).resolve(pool)
+        return now.readable and (now.subnets, now.addresses) == (known.subnets, known.addresses)
+
     def ranges(self) -> dict:
         """What would be allowed, by geography and region, and from which source version.
         Read-only: nothing is stored, not even a newer snapshot."""
@@ -243,8 +309,16 @@ class Service:
         arm = self.arm(budget_seconds=HTTP_BUDGET_SECONDS)
         if not self.settings.subscriptions:  # the Discovery API is asked through one of them
             run_scope(self.settings, arm)
-        decision = resolve_ranges(self.settings, self.store.within(arm.remaining), arm, save=False)
-        desired = desired_rules(self.settings, decision.snapshot)
+        store = self.store.within(arm.remaining)
+        decision = resolve_ranges(self.settings, store, arm, save=False)
+        nets = self.agent_networks(arm)
+        pools = resolve_pools(self.settings, store, nets, save=False)
+        desired = desired_rules(
+            self.settings, decision.snapshot, pools.pools, unresolved_pools=pools.unresolved
+        )
+        check = check_subnets(nets, [s for s, _ in desired.subnets.values()], fix=False)
+        for warning in (*pools.warnings, *check.warnings):
+            log.warning("kvfirewall warning: %s", warning)
 
         def prefixes(region: str) -> list[str]:
             return [str(p) for p in decision.snapshot.regions.get(region, ())]
@@ -264,7 +338,8 @@ class Service:
                 {"rule": str(n), "why": why} for n, why in sorted(desired.ip_rules.items())
             ],
             "virtualNetworkRules": [{"rule": i, "why": why} for i, why in desired.subnets.values()],
-            "warnings": [*decision.warnings, *desired.warnings],
+            "pools": pools_json(pools.pools, check),
+            "warnings": [*decision.warnings, *desired.warnings, *pools.warnings, *check.warnings],
         }
 
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from kvfirewall.clouds import defaults_for
 from kvfirewall.geographies import GEOGRAPHY_REGIONS, canonical_geography
+from kvfirewall.pools import PoolRef, parse_pool_ids
 from kvfirewall.rules import (
     SUBSCRIPTION_RE,
     RuleError,
@@ -114,6 +115,20 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "expiry timer schedule, NCRONTAB with seconds, in UTC",
         DEFAULT_LEASE_SCHEDULE,
     ),
+    "KVF_AGENT_POOLS": (
+        "comma-separated resource ids of Managed DevOps Pools, agent scale sets and GitHub "
+        "network settings whose networks are allowed",
+        "",
+    ),
+    "KVF_DISCOVER_POOLS": (
+        "true: also allow every Managed DevOps Pool of the managed subscriptions",
+        "false",
+    ),
+    "KVF_FIX_SERVICE_ENDPOINTS": (
+        "true: add the Microsoft.KeyVault service endpoint to agent subnets that lack it "
+        "(writing runs in enforce mode only)",
+        "false",
+    ),
 }
 
 # Read by the Functions host (`%KVF_SCHEDULE%` in the timer binding), not by `Settings`: the
@@ -190,6 +205,9 @@ class Settings:
     max_range_loss_percent: float = 20.0
     report_days: int = DEFAULT_REPORT_DAYS
     leases: LeaseSettings = LeaseSettings()
+    agent_pools: tuple[PoolRef, ...] = ()
+    discover_pools: bool = False
+    fix_service_endpoints: bool = False
 
     @property
     def all_regions(self) -> tuple[str, ...]:
@@ -234,10 +252,12 @@ class Settings:
                 for v in _items(get("KVF_EXTRA_IP_RULES"))
             )
         )
-        if not (geographies or regions or subnets or extra):
+        pools = _parse_rule("KVF_AGENT_POOLS", parse_pool_ids, get("KVF_AGENT_POOLS"))
+        discover = _parse_switch("KVF_DISCOVER_POOLS", get("KVF_DISCOVER_POOLS"))
+        if not (geographies or regions or subnets or extra or pools or discover):
             raise SettingsError(
                 "nothing to allow: set at least one of KVF_ADO_GEOGRAPHIES, KVF_ADO_REGIONS, "
-                "KVF_AGENT_SUBNETS or KVF_EXTRA_IP_RULES"
+                "KVF_AGENT_SUBNETS, KVF_EXTRA_IP_RULES, KVF_AGENT_POOLS or KVF_DISCOVER_POOLS"
             )
 
         arm_endpoint = _parse_arm_endpoint(get("KVF_ARM_ENDPOINT") or DEFAULT_ARM_ENDPOINT)
@@ -265,6 +285,11 @@ class Settings:
             max_range_loss_percent=_parse_percent(get("KVF_MAX_RANGE_LOSS_PERCENT") or "20"),
             report_days=_parse_days(get("KVF_REPORT_DAYS") or str(DEFAULT_REPORT_DAYS)),
             leases=_parse_leases(get, arm_endpoint),
+            agent_pools=pools,
+            discover_pools=discover,
+            fix_service_endpoints=_parse_switch(
+                "KVF_FIX_SERVICE_ENDPOINTS", get("KVF_FIX_SERVICE_ENDPOINTS")
+            ),
         )
 
 

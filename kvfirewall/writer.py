@@ -82,10 +82,14 @@ class VaultWorker:
         in_scope: Callable[[VaultState], bool],
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         reread: Callable[[], Desired] | None = None,
+        reserve_scale: float = 1.0,
     ) -> None:
         """`reread`: the desired set read again under a vault's lease, before its write
         (active access leases change while a run goes on: a lease granted after the run read
-        them must not lose its rule to the run's older view)."""
+        them must not lose its rule to the run's older view). `reserve_scale`:
+        VAULT_RESERVE_SECONDS is sized for an HTTP request's budget; a run with a shorter one
+        (every vault within an event) scales it down in proportion."""
+        self.reserve_scale = reserve_scale
         self.now = now
         self.reread = reread
         self.source_version = source_version
@@ -111,7 +115,8 @@ class VaultWorker:
     def in_budget(self, state: VaultState) -> VaultResult:
         """A listed vault, unless the run's time budget is (nearly) spent."""
         remaining = self.arm.remaining()
-        if remaining is not None and remaining < VAULT_RESERVE_SECONDS:
+        reserve = VAULT_RESERVE_SECONDS * self.reserve_scale
+        if remaining is not None and remaining < reserve:
             return VaultResult(id=state.id, outcome="skipped", reason=NOT_REACHED)
         return self.listed(state)
 

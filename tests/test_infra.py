@@ -18,7 +18,7 @@ import pathspec
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from kvfirewall.events import VAULT_WRITE_OPERATION, WRITE_SUCCESS
+from kvfirewall.events import POOL_WRITE_OPERATIONS, VAULT_WRITE_OPERATION, WRITE_SUCCESS
 from kvfirewall.settings import DEFAULT_ARM_ENDPOINT, DEFAULT_SCHEDULE, SETTINGS, Settings
 from tests.armschema import parameters_errors, template_errors
 
@@ -524,7 +524,7 @@ def test_vault_writes_reach_the_event_grid_function_with_retries_and_dead_letter
             {
                 "operatorType": "StringIn",
                 "key": "data.operationName",
-                "values": [VAULT_WRITE_OPERATION],
+                "values": [VAULT_WRITE_OPERATION, *POOL_WRITE_OPERATIONS],
             }
         ],
     }
@@ -569,7 +569,7 @@ def readme_actions(marker: str) -> list[str]:
     readme = (ROOT / "README.md").read_text()
     after = readme[readme.index(marker) :].split("\n\n")[1:]
     block = next(part for part in after if part.startswith(("|", "- ")))
-    return re.findall(r"^(?:\| |- )`(Microsoft\.[\w./]+)`", block, flags=re.M)
+    return re.findall(r"^(?:\| |- )`((?:Microsoft|GitHub)\.[\w./]+)`", block, flags=re.M)
 
 
 def test_custom_roles_allow_exactly_the_documented_actions():
@@ -580,6 +580,9 @@ def test_custom_roles_allow_exactly_the_documented_actions():
     documented = {
         "kvfirewall operator": "**Least privilege.**",
         "kvfirewall subnet joiner": "`kvfirewall subnet joiner (<subscription id>)` allows exactly:",
+        "kvfirewall subnet endpoint writer": (
+            "`kvfirewall subnet endpoint writer (<subscription id>)` allows exactly:"
+        ),
     }
     for role, marker in documented.items():
         [definition] = [r for _, r in definitions if f"'{role} (" in r["properties"]["roleName"]]
@@ -599,7 +602,19 @@ def test_custom_roles_allow_exactly_the_documented_actions():
         # Access leases: who may read a vault's secrets (Resource Manager resolves groups).
         "Microsoft.Authorization/roleAssignments/read",
         "Microsoft.Authorization/roleDefinitions/read",
+        "Microsoft.DevOpsInfrastructure/pools/read",
+        "Microsoft.Compute/virtualMachineScaleSets/read",
+        "GitHub.Network/networkSettings/read",
+        "Microsoft.Network/virtualNetworks/subnets/read",
     }
+    # Rewriting subnets is opt-in: its role exists only when the deployment asks for it.
+    [(_, writer)] = [
+        (lvl, r)
+        for lvl, r in definitions
+        if "subnet endpoint writer" in r["properties"]["roleName"]
+    ]
+    assert writer["condition"] == "[parameters('createServiceEndpointRole')]"
+    assert load()["parameters"]["createServiceEndpointRole"]["defaultValue"] is False
 
 
 def readme_section(heading: str) -> str:

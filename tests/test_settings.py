@@ -10,6 +10,9 @@ from kvfirewall.settings import HOST_SETTINGS, SETTINGS, Settings, SettingsError
 
 SUB = "00000000-0000-0000-0000-00000000000A"
 SUBNET = f"/subscriptions/{SUB}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/v/subnets/s"
+POOL = (
+    f"/subscriptions/{SUB}/resourceGroups/agents/providers/Microsoft.DevOpsInfrastructure/pools/p"
+)
 
 
 def load(**values: str) -> Settings:
@@ -124,6 +127,13 @@ def test_a_secret_in_the_ip_source_url_is_never_echoed():
         ({"KVF_REPORT_DAYS": "1.5"}, "KVF_REPORT_DAYS: '1.5' is not a whole number"),
         ({"KVF_REPORT_DAYS": "99999"}, "KVF_REPORT_DAYS: '99999' is not a whole number"),
         ({"KVF_STATE": "AccountName=acct"}, "KVF_STATE: not a valid Azure Storage"),
+        ({"KVF_AGENT_POOLS": f"{POOL},{SUBNET}"}, f"KVF_AGENT_POOLS: {SUBNET!r} is not an agent"),
+        (
+            {"KVF_AGENT_POOLS": POOL.replace("DevOpsInfrastructure/pools", "KeyVault/vaults")},
+            "is a Microsoft.KeyVault/vaults, not an agent pool",
+        ),
+        ({"KVF_DISCOVER_POOLS": "maybe"}, "KVF_DISCOVER_POOLS: 'maybe' is not true or false"),
+        ({"KVF_FIX_SERVICE_ENDPOINTS": "2"}, "KVF_FIX_SERVICE_ENDPOINTS: '2' is not true or"),
     ],
 )
 def test_bad_values_are_named_in_one_message(values, expected):
@@ -131,6 +141,13 @@ def test_bad_values_are_named_in_one_message(values, expected):
         load(**values)
     assert expected in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_agent_pools_alone_are_something_to_allow_and_switches_default_off():
+    pools = load(KVF_ADO_GEOGRAPHIES="", KVF_AGENT_POOLS=f"{POOL}, {POOL.upper()[:15]}{POOL[15:]}")
+    assert [p.id for p in pools.agent_pools] == [POOL.replace(SUB, SUB.lower())]
+    assert load(KVF_ADO_GEOGRAPHIES="", KVF_DISCOVER_POOLS="true").discover_pools
+    assert (pools.discover_pools, pools.fix_service_endpoints) == (False, False)
 
 
 def test_a_bad_connection_string_is_reported_without_its_secret():
@@ -161,6 +178,9 @@ def test_every_documented_setting_is_read(monkeypatch):
         "KVF_ADO_GEOGRAPHIES": "India",
         "KVF_SUBSCRIPTIONS": "00000000-0000-0000-0000-00000000000b",
         "KVF_LISTING": "graph",
+        "KVF_AGENT_POOLS": POOL,
+        "KVF_DISCOVER_POOLS": "true",
+        "KVF_FIX_SERVICE_ENDPOINTS": "on",
     }
     leasing = {
         "KVF_LEASES": "entra",
