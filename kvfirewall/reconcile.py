@@ -7,11 +7,12 @@ concurrent runs and crashes safe.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from queue import Empty, Full, Queue
 
@@ -34,6 +35,9 @@ from kvfirewall.writer import NOT_REACHED, VAULT_RESERVE_SECONDS, VaultWorker
 log = logging.getLogger("kvfirewall")
 WORKERS = 32  # vaults reconciled at once: enough for the write quota at real ARM latencies
 LISTERS = 4  # subscriptions listed at once
+# The vaults of one queue message reconciled at once: a message is one subscription's, whose
+# write quota (10/s refilled) a few workers at Resource Manager's latency already fill.
+QUEUED_WORKERS = 8
 LISTED_QUEUE = 4 * WORKERS  # listed vaults waiting for a worker
 
 Progress = Callable[[int, VaultResult], None]
@@ -122,6 +126,8 @@ def reconcile(
     refresh_ranges: bool = True,
     thread_init: Callable[[], None] | None = None,
     spool: ReportSpool | None = None,
+    enqueue: Callable[[str, str], None] | None = None,
+    queued: Sequence[VaultRef] | None = None,
 ) -> Report:
     """Reconcile every vault in scope (or one vault) and return the report.
 
@@ -132,6 +138,10 @@ def reconcile(
     `thread_init` runs in each worker thread first (the Functions worker forwards log records
     only from threads that carry the invocation's id). With a `spool`, every vault's result
     goes there and the report keeps only the counts and the vaults that changed or failed.
+    With `enqueue`, a run over every vault writes none itself: each listed vault that needs
+    a write is handed to it, by id with the range version planned on (a fanned-out run, see
+    `fan_out`); the rest are reported. `queued`: the vaults of one queue message instead,
+    each reconciled from a fresh read under its lease (`VaultWorker.queued`).
     """
     started = time.monotonic()
     calls_before = dataclasses.replace(arm.counts)  # an Arm may serve many runs
@@ -167,8 +177,12 @@ def reconcile(
     )
     if vault is not None:
         report.add(worker.one(vault))
+    elif queued is not None:
+        with ThreadPoolExecutor(max_workers=QUEUED_WORKERS, initializer=thread_init) as pool:
+            for result in pool.map(worker.queued, queued):
+                report.add(result)
     else:
-        _reconcile_listed(settings, arm, worker, report, progress, thread_init)
+        _reconcile_listed(settings, arm, worker, report, progress, thread_init, enqueue)
     report.arm_calls = {
         field: getattr(arm.counts, field) - getattr(calls_before, field)
         for field in ("reads", "writes", "throttled")
@@ -184,6 +198,7 @@ def _reconcile_listed(
     report: Report,
     progress: Progress | None,
     thread_init: Callable[[], None] | None,
+    enqueue: Callable[[str, str], None] | None = None,
 ) -> None:
     """Reconcile every listed vault in scope as its page arrives, on `WORKERS` threads.
 
@@ -191,9 +206,13 @@ def _reconcile_listed(
     for them, so memory stays flat however large the estate: the report counts each result
     and keeps (or spools) it.
     """
-    in_flight: deque[Future[VaultResult]] = deque()
+    in_flight: deque[Future[VaultResult | str]] = deque()
+    work = worker.in_budget if enqueue is None else functools.partial(_triaged, worker)
 
-    def finish(result: VaultResult) -> None:
+    def finish(result: VaultResult | str) -> None:
+        if isinstance(result, str):  # a drifted vault's id: queued
+            enqueue(result, worker.source_version)  # type: ignore[misc]
+            return
         report.add(result)
         if result.reason == NOT_REACHED:
             if result.id.count("/") == 2:  # `/subscriptions/<id>`: the rest of its listing
@@ -212,11 +231,17 @@ def _reconcile_listed(
             elif not in_scope(item, settings):
                 report.out_of_scope += 1
             else:
-                in_flight.append(pool.submit(worker.in_budget, item))
+                in_flight.append(pool.submit(work, item))
             while in_flight and (len(in_flight) >= 2 * WORKERS or in_flight[0].done()):
                 finish(in_flight.popleft().result())
         while in_flight:
             finish(in_flight.popleft().result())
+
+
+def _triaged(worker: VaultWorker, state: VaultState) -> VaultResult | str:
+    """The result of a vault that needs no write, or its id if it does."""
+    result = worker.triage(state)
+    return state.id if result is None else result
 
 
 def _listed(
