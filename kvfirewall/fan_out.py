@@ -18,7 +18,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kvfirewall.reconcile import reconcile
-from kvfirewall.report import Report, ReportSpool, Trigger, VaultResult, report_name
+from kvfirewall.report import (
+    Report,
+    ReportSpool,
+    Trigger,
+    VaultResult,
+    parse_report_name,
+    report_name,
+)
 from kvfirewall.rules import parse_vault_id
 from kvfirewall.run_record import RunRecord
 from kvfirewall.work_queue import Batcher, WorkMessage, sender
@@ -133,7 +140,7 @@ def progress(service: Service, run_id: str) -> tuple[int, dict] | None:
     """A run still in progress: (202, where it stands); None when there is none by that id
     (or it is done: its stored report answers). A run found complete is assembled here, if
     its last consumer could not."""
-    if not hasattr(service.store, "report_reservation"):
+    if not hasattr(service.store, "report_reservation") or parse_report_name(run_id) is None:
         return None
     record = RunRecord(service.store, run_id)
     state = record.progress()

@@ -8,11 +8,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+from pathlib import Path
 
 import pytest
 from azure.functions.meta import Datum
 from azure.functions.queue import QueueMessageInConverter
 
+from kvfirewall.fan_out import MESSAGE_BUDGET_SECONDS
 from kvfirewall.work_queue import (
     MAX_MESSAGE_CHARS,
     POISON_QUEUE_NAME,
@@ -281,9 +283,8 @@ def empty_storage(azurite: str) -> None:
 
 
 def varied_estate(emulator) -> None:
-    """Drifted, compliant-to-be, untagged and disabled vaults over two subscriptions, more of
-    them in one subscription than one message holds."""
-    for n in range(VAULTS_PER_MESSAGE + 30):
+    """Drifted, untagged and disabled vaults over two subscriptions."""
+    for n in range(12):
         emulator.add_vault(SUB_A, "many", f"kv-a-{n:03}", tags=TAG)
     for n in range(5):
         emulator.add_vault(SUB_B, "team", f"kv-b-{n}", tags=TAG)
@@ -296,9 +297,10 @@ def test_the_queued_runs_report_counts_equal_the_synchronous_runs(
 ):
     from tests.test_functions import AGENTS, OCTOBER
 
+    monkeypatch.setattr("kvfirewall.work_queue.VAULTS_PER_MESSAGE", 5)
     varied_estate(emulator)
     run_timer()
-    assert drain(azurite) == 3  # 130 vaults of one subscription: two messages
+    assert drain(azurite) == 4  # 12 vaults of one subscription: three messages
     queued = json.loads(stored_report(last_run())[1])
 
     emulator.reset()
@@ -311,7 +313,7 @@ def test_the_queued_runs_report_counts_equal_the_synchronous_runs(
     synchronous = json.loads(stored_report(last_run())[1])
     assert synchronous.get("run") is None
     assert queued["counts"] == synchronous["counts"]
-    assert queued["counts"]["updated"] == VAULTS_PER_MESSAGE + 35
+    assert queued["counts"]["updated"] == 17 and queued["counts"]["skipped"] == 1
     assert sorted(v["id"] for v in queued["vaults"]) == sorted(
         v["id"] for v in synchronous["vaults"]
     )
@@ -331,7 +333,7 @@ def test_messages_are_small_grouped_by_subscription_and_parsed_strictly():
     batcher.add(ids[0].replace(SUB_A, SUB_B), "8")
     batcher.close()
     parsed = [WorkMessage.from_text(text) for text in sent]
-    assert [len(m.vaults) for m in parsed] == [100, 100, 50, 1]
+    assert [len(m.vaults) for m in parsed] == [VAULTS_PER_MESSAGE] * 2 + [50, 1]
     assert [m.part for m in parsed] == [1, 2, 3, 4]
     assert [v for m in parsed[:3] for v in m.vaults] == ids
     assert max(len(base64.b64encode(t.encode())) for t in sent) < 64 * 1024
@@ -381,3 +383,65 @@ def test_the_queue_functions_bind_the_work_queue_and_its_poison_queue():
         }
     ]
     assert bindings["reconcile_poison"][0]["queueName"] == POISON_QUEUE_NAME
+
+
+def test_host_json_hands_each_instance_few_messages_and_poisons_after_three_deliveries():
+    host = json.loads((Path(__file__).resolve().parent.parent / "host.json").read_text())
+    queues = host["extensions"]["queues"]
+    # Target-based scaling asks for one instance per batchSize messages waiting; an instance
+    # runs batchSize + newBatchThreshold at once, each bounded by the message budget.
+    assert queues["batchSize"] + queues["newBatchThreshold"] <= 4
+    assert queues["maxDequeueCount"] == 3 and queues["messageEncoding"] == "base64"
+    hours, minutes, seconds = map(int, host["functionTimeout"].split(":"))
+    assert hours * 3600 + minutes * 60 + seconds >= MESSAGE_BUDGET_SECONDS + 120
+
+
+def test_storage_and_resource_manager_calls_per_queued_vault(
+    emulator, fan_env, azurite, monkeypatch
+):
+    """What one drifted vault costs on the queued path, counted at the shared transport."""
+    from collections import Counter
+
+    from kvfirewall.transport import shared_transport
+
+    transport = shared_transport()
+    calls: Counter = Counter()
+    send = transport.send
+
+    def counted(request, **kwargs):
+        port = request.url.split("/")[2].rsplit(":", 1)[-1]
+        kind = {azurite.split("BlobEndpoint=")[1].split("/")[2].split(":")[1]: "blob",
+                azurite.split("TableEndpoint=")[1].split("/")[2].split(":")[1]: "table",
+                azurite.split("QueueEndpoint=")[1].split("/")[2].split(":")[1]: "queue"}.get(port, "arm")  # fmt: skip
+        calls[(kind, request.method)] += 1
+        return send(request, **kwargs)
+
+    for n in range(20):
+        emulator.add_vault(SUB_A, "apps", f"kv-{n:02}", tags=TAG)
+    run_timer()  # the first run creates the table, container and queue: not counted
+    drain(azurite)
+    for n in range(20):
+        emulator.add_vault(SUB_A, "apps", f"kv-{n:02}", tags=TAG)  # drifted again
+    monkeypatch.setattr(transport, "send", counted)
+    run_timer()
+    planner = dict(calls)
+    calls.clear()
+    drain(azurite)
+    consumer = dict(calls)
+    # The planner: the listing (one page per subscription) and the Discovery API, a ledger
+    # read per vault, one message sent; its run record: reserve, manifest twice, part 0.
+    assert planner == {
+        ("arm", "GET"): 3,
+        ("table", "GET"): 20,
+        ("queue", "POST"): 1,
+        ("blob", "PUT"): 5,
+        ("blob", "GET"): 4,
+    }
+    # The consumer, per vault: under the lease (taken and released) a fresh read, the
+    # ledger entry read, pending and confirmed, the PATCH and the read that checks it.
+    assert (consumer[("arm", "GET")], consumer[("arm", "PATCH")]) == (40, 20)
+    assert (consumer[("table", "GET")], consumer[("table", "PUT")]) == (20, 40)
+    # Per message: its part, the manifest and the parts listed, the report assembled from
+    # them and written, the run's blobs deleted: 17 operations, whatever its size.
+    per_message = sum(consumer.values()) - 40 - 20 - 20 - 40 - 2 * 20
+    assert per_message <= 17, consumer
