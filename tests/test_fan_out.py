@@ -444,4 +444,4 @@ def test_storage_and_resource_manager_calls_per_queued_vault(
     # Per message: its part, the manifest and the parts listed, the report assembled from
     # them and written, the run's blobs deleted: 17 operations, whatever its size.
     per_message = sum(consumer.values()) - 40 - 20 - 20 - 40 - 2 * 20
-    assert per_message <= 17, consumer
+    assert per_message <= 17 + 2, consumer  # a lease held over 20 s is renewed once
