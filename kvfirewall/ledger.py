@@ -687,8 +687,21 @@ class AzureStore:
         """The name is taken by creating an empty blob that must not exist yet; then the
         report is uploaded over it in blocks, with its counts as the blob's metadata. A blob
         without that metadata is a report being written (or whose writer died): not listed."""
+        taken = self.reserve_report(name)
+        self.fill_report(taken, chunks, counts=counts)
+        self._prune()
+        return taken
+
+    @property
+    def container(self):
+        """The state's blob container (its calls bound to the run's time, if `within`): a
+        fanned-out run keeps its parts there (see `run_record`)."""
+        return self._container
+
+    def reserve_report(self, name: str) -> str:
+        """Take a report name (`name`, `name-2`, ...) by creating an empty blob that must not
+        exist yet; unlisted until `fill_report`. Returns the name taken."""
         from azure.core.exceptions import ResourceExistsError
-        from azure.storage.blob import ContentSettings
 
         for taken in name_candidates(name):
             blob = self._container.get_blob_client(f"{REPORTS}/{taken}.json")
@@ -696,17 +709,43 @@ class AzureStore:
                 self._created(lambda blob=blob: blob.upload_blob(b"", overwrite=False))
             except ResourceExistsError:
                 continue
-            break
-        else:
-            raise FileExistsError(f"every name for report {name} is taken")
-        blob.upload_blob(
-            (bytes(chunk) for chunk in chunks),
-            overwrite=True,
-            metadata={"counts": json.dumps(dict(counts), separators=(",", ":"))},
-            content_settings=ContentSettings(content_type="application/json"),
-        )
-        self._prune()
-        return taken
+            return taken
+        raise FileExistsError(f"every name for report {name} is taken")
+
+    def fill_report(
+        self, name: str, chunks: Iterable[bytes], *, counts: Mapping[str, int], etag: str = ""
+    ) -> bool:
+        """Upload a reserved report in blocks, its counts as the blob's metadata. With `etag`,
+        only over that version of the blob (the empty reservation): False when another
+        writer filled it first."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError
+        from azure.storage.blob import ContentSettings
+
+        condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+        try:
+            self._container.get_blob_client(f"{REPORTS}/{name}.json").upload_blob(
+                (bytes(chunk) for chunk in chunks),
+                overwrite=True,
+                metadata={"counts": json.dumps(dict(counts), separators=(",", ":"))},
+                content_settings=ContentSettings(content_type="application/json"),
+                **condition,
+            )
+        except ResourceModifiedError:
+            return False
+        return True
+
+    def report_reservation(self, name: str) -> str | None:
+        """The ETag of a reserved report not filled yet; None if it is filled or missing."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            properties = self._container.get_blob_client(
+                f"{REPORTS}/{name}.json"
+            ).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return None if "counts" in (properties.metadata or {}) else properties.etag
 
     def _report_blobs(self, *, metadata: bool) -> Iterator[tuple[str, dict[str, str]]]:
         from azure.core.exceptions import ResourceNotFoundError

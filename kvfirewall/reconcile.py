@@ -7,11 +7,12 @@ concurrent runs and crashes safe.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from queue import Empty, Full, Queue
@@ -43,6 +44,9 @@ from kvfirewall.writer import NOT_REACHED, VAULT_RESERVE_SECONDS, VaultWorker
 log = logging.getLogger("kvfirewall")
 WORKERS = 32  # vaults reconciled at once: enough for the write quota at real ARM latencies
 LISTERS = 4  # subscriptions listed at once
+# The vaults of one queue message reconciled at once: a message is one subscription's, whose
+# write quota (10/s refilled) a few workers at Resource Manager's latency already fill.
+QUEUED_WORKERS = 8
 LISTED_QUEUE = 4 * WORKERS  # listed vaults waiting for a worker
 
 Progress = Callable[[int, VaultResult], None]
@@ -167,6 +171,8 @@ def reconcile(
     nets: AgentNetworks | None = None,
     refresh_pools: bool | None = None,
     reserve_scale: float = 1.0,
+    enqueue: Callable[[str, str], None] | None = None,
+    queued: Sequence[VaultRef] | None = None,
 ) -> Report:
     """Reconcile every vault in scope (or one vault) and return the report.
 
@@ -184,6 +190,10 @@ def reconcile(
     checked for the Key Vault service endpoint, and fixed with KVF_FIX_SERVICE_ENDPOINTS in a
     writing run. `reserve_scale` scales the time kept for listing a page and starting a vault
     (sized for an HTTP request's budget) to a shorter budget.
+    With `enqueue`, a run over every vault writes none itself: each listed vault that needs
+    a write is handed to it, by id with the range version planned on (a fanned-out run, see
+    `fan_out`); the rest are reported. `queued`: the vaults of one queue message instead,
+    each reconciled from a fresh read under its lease (`VaultWorker.queued`).
     """
     started = time.monotonic()
     calls_before = dataclasses.replace(arm.counts)  # an Arm may serve many runs
@@ -249,9 +259,22 @@ def reconcile(
     )
     if vault is not None:
         report.add(worker.one(vault) if vault.subscription in scope else _not_managed(vault, scope))
+    elif queued is not None:
+        with ThreadPoolExecutor(max_workers=QUEUED_WORKERS, initializer=thread_init) as pool:
+            for result in pool.map(worker.queued, queued):
+                report.add(result)
     else:
         _reconcile_listed(
-            settings, scope, managed, arm, worker, report, progress, thread_init, reserve_scale
+            settings,
+            scope,
+            managed,
+            arm,
+            worker,
+            report,
+            progress,
+            thread_init,
+            reserve_scale,
+            enqueue,
         )
     report.arm_calls = {
         field: getattr(arm.counts, field) - getattr(calls_before, field)
@@ -287,6 +310,7 @@ def _reconcile_listed(
     progress: Progress | None,
     thread_init: Callable[[], None] | None,
     reserve_scale: float,
+    enqueue: Callable[[str, str], None] | None = None,
 ) -> None:
     """Reconcile every listed vault in scope as its page arrives, on `WORKERS` threads.
 
@@ -294,9 +318,13 @@ def _reconcile_listed(
     for them, so memory stays flat however large the estate: the report counts each result
     and keeps (or spools) it.
     """
-    in_flight: deque[Future[VaultResult]] = deque()
+    in_flight: deque[Future[VaultResult | str]] = deque()
+    work = worker.in_budget if enqueue is None else functools.partial(_triaged, worker)
 
-    def finish(result: VaultResult) -> None:
+    def finish(result: VaultResult | str) -> None:
+        if isinstance(result, str):  # a drifted vault's id: queued
+            enqueue(result, worker.source_version)  # type: ignore[misc]
+            return
         report.add(result)
         if result.reason == NOT_REACHED:
             if result.id.count("/") == 2:  # `/subscriptions/<id>`: the rest of its listing
@@ -315,11 +343,17 @@ def _reconcile_listed(
             elif not in_scope(item, settings, managed):
                 report.out_of_scope += 1
             else:
-                in_flight.append(pool.submit(worker.in_budget, item))
+                in_flight.append(pool.submit(work, item))
             while in_flight and (len(in_flight) >= 2 * WORKERS or in_flight[0].done()):
                 finish(in_flight.popleft().result())
         while in_flight:
             finish(in_flight.popleft().result())
+
+
+def _triaged(worker: VaultWorker, state: VaultState) -> VaultResult | str:
+    """The result of a vault that needs no write, or its id if it does."""
+    result = worker.triage(state)
+    return state.id if result is None else result
 
 
 def _listed(

@@ -78,6 +78,7 @@ class Service:
         self._credential = credential
         self._lock = threading.Lock()
         self._clock = clock
+        self._queue: object = None  # the work queue, once asked for (False: none)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -121,6 +122,40 @@ class Service:
             endpoint=self.settings.arm_endpoint,
             credential=self.credential(),
             remaining=arm.remaining,
+        )
+
+    def work_queue(self):
+        """The queue runs over every vault fan out over, or None: KVF_FAN_OUT off, or a
+        state without one (a local directory; see `work_queue.queue_client`)."""
+        from kvfirewall.work_queue import queue_client
+
+        with self._lock:
+            if self._queue is None:
+                client = None
+                if self.settings.fan_out and hasattr(self.store, "reserve_report"):
+                    client = queue_client(
+                        self.settings.state, arm_endpoint=self.settings.arm_endpoint
+                    )
+                self._queue = client or False
+            return self._queue or None
+
+    def _fanned_out(
+        self, *, trigger: Trigger, write: bool, mode: str, budget_seconds: float, thread_init
+    ) -> Report | None:
+        """A run over every vault through the work queue (see `fan_out`), if there is one."""
+        from kvfirewall.fan_out import planned_run
+
+        queue = self.work_queue()
+        if queue is None:
+            return None
+        return planned_run(
+            self,
+            queue,
+            trigger=trigger,
+            write=write,
+            mode=mode,
+            budget_seconds=budget_seconds,
+            thread_init=thread_init,
         )
 
     @property
@@ -188,7 +223,17 @@ class Service:
 
         A new snapshot is stored in audit mode too: the guard accepted it, and the next run
         should compare against it rather than report the same change every hour.
+        With a work queue, the drifted vaults are queued (the report says how many).
         """
+        queued = self._fanned_out(
+            trigger="timer",
+            write=self.writes,
+            mode=self.settings.mode,
+            budget_seconds=TIMER_BUDGET_SECONDS,
+            thread_init=thread_init,
+        )
+        if queued is not None:
+            return queued
         return self.run(
             write=self.writes,
             mode=self.settings.mode,
@@ -203,8 +248,19 @@ class Service:
     ) -> Report:
         """The HTTP trigger: one vault or all, per KVF_MODE unless it is a dry run (which
         writes nothing at all), within the HTTP time limit. The report of a run over every
-        vault that is not a dry run is stored."""
+        vault that is not a dry run is stored; with a work queue, such a run queues its
+        drifted vaults and its report carries the run's id (`Report.run_id`)."""
         write = self.writes and not request.dry_run
+        if request.vault is None and not request.dry_run:
+            queued = self._fanned_out(
+                trigger="http",
+                write=write,
+                mode=self.settings.mode,
+                budget_seconds=HTTP_BUDGET_SECONDS,
+                thread_init=thread_init,
+            )
+            if queued is not None:
+                return queued
         return self.run(
             write=write,
             mode="plan" if request.dry_run else self.settings.mode,

@@ -129,6 +129,11 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "(writing runs in enforce mode only)",
         "false",
     ),
+    "KVF_FAN_OUT": (
+        "true: runs over every vault queue their drifted vaults on the state's Storage queue "
+        "kvfirewall-work, reconciled on any instance (Azure Storage state only)",
+        "true",
+    ),
 }
 
 # Read by the Functions host (`%KVF_SCHEDULE%` in the timer binding), not by `Settings`: the
@@ -148,6 +153,7 @@ class StateLocation:
     value: str  # directory, connection string, or (identity) the blob service URL
     table_url: str = ""  # identity: the table service URL
     client_id: str = ""  # identity: a user-assigned managed identity's client id
+    queue_url: str = ""  # identity: the queue service URL (where runs fan out)
 
     def describe(self) -> str:
         """A description safe for logs: never the connection string's secrets."""
@@ -208,6 +214,7 @@ class Settings:
     agent_pools: tuple[PoolRef, ...] = ()
     discover_pools: bool = False
     fix_service_endpoints: bool = False
+    fan_out: bool = True
 
     @property
     def all_regions(self) -> tuple[str, ...]:
@@ -290,6 +297,7 @@ class Settings:
             fix_service_endpoints=_parse_switch(
                 "KVF_FIX_SERVICE_ENDPOINTS", get("KVF_FIX_SERVICE_ENDPOINTS")
             ),
+            fan_out=_parse_switch("KVF_FAN_OUT", get("KVF_FAN_OUT") or "true"),
         )
 
 
@@ -597,6 +605,7 @@ def _identity_storage(env: Mapping[str, str], storage_suffix: str) -> StateLocat
     account = env.get(prefix + "accountName", "").strip()
     blob = env.get(prefix + "blobServiceUri", "").strip()
     table = env.get(prefix + "tableServiceUri", "").strip()
+    queue = env.get(prefix + "queueServiceUri", "").strip()
     client_id = env.get(prefix + "clientId", "").strip()
     if not (account or blob):
         return None
@@ -605,13 +614,18 @@ def _identity_storage(env: Mapping[str, str], storage_suffix: str) -> StateLocat
             raise SettingsError(f"{prefix}accountName: {account!r} is not a storage account name")
         blob = blob or f"https://{account}.blob.{storage_suffix}"
         table = table or f"https://{account}.table.{storage_suffix}"
+        queue = queue or f"https://{account}.queue.{storage_suffix}"
     for name, url in (("blobServiceUri", blob), ("tableServiceUri", table)):
         if not url:
             raise SettingsError(f"{prefix}{name}: required for the kvfirewall ledger")
         _https_url(prefix + name, url, query_allowed=False)
     if client_id and not SUBSCRIPTION_RE.match(client_id):
         raise SettingsError(f"{prefix}clientId: {client_id!r} is not a client id (a GUID)")
-    return StateLocation(kind="identity", value=blob, table_url=table, client_id=client_id)
+    if queue:
+        _https_url(prefix + "queueServiceUri", queue, query_allowed=False)
+    return StateLocation(
+        kind="identity", value=blob, table_url=table, client_id=client_id, queue_url=queue
+    )
 
 
 def redact_url(url: str) -> str:

@@ -125,6 +125,35 @@ class VaultWorker:
             result = self._reconcile(state)
         except Exception as exc:  # one vault's failure never stops the others
             result = _failed(state.id, exc)
+        return self._logged(state.id, result)
+
+    def triage(self, state: VaultState) -> VaultResult | None:
+        """A listed vault's result if planning on its listed state writes nothing (most
+        vaults, most runs); None if it needs its lease and a write, which a fanned-out run
+        leaves to `queued` in another invocation."""
+        try:
+            result = self._without_write(state)[1]
+        except Exception as exc:
+            result = _failed(state.id, exc)
+        return None if result is None else self._logged(state.id, result)
+
+    def queued(self, ref: VaultRef) -> VaultResult:
+        """A vault a run found drifted and queued: straight to its lease and the fresh read
+        under it (no read before: the listing was one). If another delivery or run has
+        fixed it meanwhile, that read shows it compliant and nothing is written."""
+        remaining = self.arm.remaining()
+        if remaining is not None and remaining < VAULT_RESERVE_SECONDS:
+            return VaultResult(id=ref.id, outcome="skipped", reason=NOT_REACHED)
+        try:
+            with self.store.lease(ref.key, wait_seconds=self._lease_wait()) as lease:
+                result = self._write(ref, lease)
+        except LeaseBusy as exc:
+            result = _busy(ref.id, exc)
+        except Exception as exc:
+            result = _failed(ref.id, exc)
+        return self._logged(ref.id, result)
+
+    def _logged(self, vault_id: str, result: VaultResult) -> VaultResult:
         # Changes and failures at INFO/WARNING; the steady state (most vaults, most runs)
         # at DEBUG, so that hourly runs over thousands of vaults log only what matters.
         level = _LOG_LEVELS.get(result.outcome, logging.DEBUG)
@@ -132,11 +161,11 @@ class VaultWorker:
             level,
             "kvfirewall vault outcome=%s id=%s source=%s: %s",
             result.outcome,
-            state.id,
+            vault_id,
             self.source_version,
             result.error or result.reason,
             extra={
-                "kvf_vault_id": state.id,
+                "kvf_vault_id": vault_id,
                 "kvf_outcome": result.outcome,
                 "kvf_source_version": self.source_version,
             },
@@ -152,13 +181,20 @@ class VaultWorker:
             enable_disabled=self.settings.enable_disabled_vaults,
         )
 
-    def _reconcile(self, state: VaultState) -> VaultResult:
+    def _without_write(self, state: VaultState) -> tuple[VaultRef, VaultResult | None]:
+        """Plan on the listed state: the result if that writes nothing, else None."""
         ref = parse_vault_id(state.id)
         stored = self.store.read_entry(ref.key)
         entry = _settled(stored, state)
         plan = self._plan(state, entry)
-        if not (self.write and _writes(plan, entry, stored)):
-            return self._settle(plan, entry, ref, stored)  # writes nothing
+        if self.write and _writes(plan, entry, stored):
+            return ref, None
+        return ref, self._settle(plan, entry, ref, stored)  # writes nothing
+
+    def _reconcile(self, state: VaultState) -> VaultResult:
+        ref, settled = self._without_write(state)
+        if settled is not None:
+            return settled
         try:
             with self.store.lease(ref.key, wait_seconds=self._lease_wait()) as lease:
                 return self._write(ref, lease)

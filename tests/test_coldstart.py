@@ -83,6 +83,8 @@ def test_importing_the_function_app_reads_no_setting_and_loads_no_sdk():
         "ranges_http",
         "reconcile_event",
         "reconcile_http",
+        "reconcile_poison",
+        "reconcile_queue",
         "reconcile_timer",
         "runs_http",
         "status_http",

@@ -208,6 +208,7 @@ def app_env(emulator, azurite, monkeypatch):
         "KVF_VAULT_TAG": "kvfirewall=managed",
         "KVF_MODE": "enforce",
         "KVF_SCHEDULE": DEFAULT_SCHEDULE,
+        "KVF_FAN_OUT": "false",  # runs in process; tests/test_fan_out.py covers the queue
     }
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
@@ -256,6 +257,8 @@ def test_the_app_has_exactly_the_documented_triggers():
         "lease_release_http",
         "leases_http",
         "expire_leases",
+        "reconcile_queue",
+        "reconcile_poison",
     }
     assert bindings["reconcile_timer"] == [
         {
@@ -332,7 +335,7 @@ print(json.dumps({"functions": sorted(functions), "status": response.status_code
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert len(out["functions"]) == 11
+    assert len(out["functions"]) == 13
     assert out["status"] == 500 and "KVF_SUBSCRIPTIONS is required" in out["body"]["error"]
     assert out["timer"].startswith("SettingsError: KVF_SUBSCRIPTIONS is required")
 

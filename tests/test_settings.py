@@ -175,6 +175,7 @@ def test_every_documented_setting_is_read(monkeypatch):
         "KVF_STATE": "/var/kvf",
         "KVF_MAX_RANGE_LOSS_PERCENT": "5",
         "KVF_REPORT_DAYS": "7",
+        "KVF_FAN_OUT": "false",
         "KVF_ADO_GEOGRAPHIES": "India",
         "KVF_SUBSCRIPTIONS": "00000000-0000-0000-0000-00000000000b",
         "KVF_LISTING": "graph",
