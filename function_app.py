@@ -7,8 +7,8 @@ never stops the app from being indexed: each invocation fails with the settings 
 
 import azure.functions as func
 
-from functions import event_grid, http_api, status, timer
+from functions import event_grid, http_api, leases, status, timer, work_queue
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-for blueprint in (timer.bp, event_grid.bp, http_api.bp, status.bp):
+for blueprint in (timer.bp, event_grid.bp, http_api.bp, status.bp, leases.bp, work_queue.bp):
     app.register_functions(blueprint)

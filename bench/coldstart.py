@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.coldstart [--repeat 15] [--top 15]
 
 The Functions worker imports `function_app` to index the app before any invocation. All it
-needs then is `azure.functions`: the triggers import azure-identity, azure-mgmt-core and
+needs then is `azure.functions`: the triggers import azure-identity, azure-mgmt-keyvault and
 the storage SDKs at their first invocation. So the reference is `import azure.functions`, and
 
     ratio = median(import function_app) / median(import azure.functions)
@@ -37,7 +37,11 @@ TARGET = "function_app"
 LAZY = (
     "azure.core",
     "azure.identity",
-    "azure.mgmt.core",
+    "azure.mgmt.keyvault",
+    "azure.mgmt.devopsinfrastructure",
+    "azure.mgmt.compute",
+    "azure.mgmt.network",
+    "azure.mgmt.resource",
     "azure.data.tables",
     "azure.storage.blob",
     "requests",
@@ -48,6 +52,8 @@ LAZY = (
     "kvfirewall.vaults",
     "kvfirewall.ledger",
     "kvfirewall.sources",
+    "kvfirewall.agent_networks",
+    "kvfirewall.agent_pools",
 )
 # Imports the modules named on the command line in turn; prints the seconds each took.
 _TIMED = """

@@ -38,7 +38,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import trustme
 
-from . import agentnets, entra, rbac, servicetags, vaults
+from . import agentnets, entra, graph, rbac, servicetags, vaults
 from .errors import ArmError, bad_request
 
 __all__ = ["READ_BUCKET", "SHARED_FACTOR", "WRITE_BUCKET", "Emulator", "Recorded"]
@@ -288,6 +288,10 @@ class Emulator:
         self._generation = 0
         self.authority = entra.Authority()
         self.roles = rbac.RoleStore()
+        # Resource Graph's lagging copy of the vaults, and the management group hierarchy.
+        self.management_groups = graph.ManagementGroups()
+        # A test may replace `clock` after this: the graph asks for it each time.
+        self.graph = graph.ResourceGraph(lambda: self.clock(), self.management_groups)  # noqa: PLW0108
 
         self._tmpdir = tempfile.mkdtemp(prefix="kvf-arm-emulator-")
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
@@ -387,6 +391,8 @@ class Emulator:
             self.clock: Callable[[], float] = time.monotonic  # the token buckets' clock
             self.authority.reset()
             self.roles.reset()
+            self.graph.reset()
+            self.management_groups.reset()
             self.clear_log()
 
     def clear_log(self) -> None:
@@ -440,12 +446,16 @@ class Emulator:
             except ArmError as exc:
                 raise ValueError(str(exc)) from None
             self._vaults[key] = vault
+            self.graph.changed(vault_id, vault)
         return vault_id
 
     def add_subnet(self, subnet_id: str, *, service_endpoint: bool = True) -> None:
-        """Make a subnet exist, with or without the Microsoft.KeyVault service endpoint."""
+        """Make a subnet exist, with or without the Microsoft.KeyVault service endpoint (as
+        Key Vault validates rules against it, and as Subnets_Get shows it)."""
         if not vaults.is_subnet_id(subnet_id):
             raise ValueError(f"not a subnet resource id: {subnet_id!r}")
+        endpoints = [agentnets.KEY_VAULT_SERVICE] if service_endpoint else []
+        self.agent_networks.put_subnet(subnet_id, service_endpoints=endpoints)
         with self._lock:
             self._subnets[vaults.normalize_subnet_id(subnet_id)] = service_endpoint
 
@@ -681,6 +691,7 @@ class Emulator:
         key = vaults.vault_key(*vaults.parse_vault_id(vault_id))
         with self._lock:
             vault = self._vaults.pop(key)
+            self.graph.changed(vault["id"], None)
             deleted = datetime.now(timezone.utc)
             purge = deleted + timedelta(days=retention_days)
             self._deleted[(key[0], vault["location"], key[2])] = {
@@ -696,6 +707,7 @@ class Emulator:
             found = next(k for k in self._deleted if (k[0], k[2]) == (sub.lower(), name.lower()))
             vault = self._deleted.pop(found)["vault"]
             self._vaults[vaults.vault_key(*vaults.parse_vault_id(vault["id"]))] = vault
+            self.graph.changed(vault["id"], vault)
 
     def purge_vault(self, vault_id: str) -> None:
         """Purge a deleted vault: gone for good."""
@@ -809,7 +821,8 @@ class Emulator:
         body_error: bool,
     ) -> _Response:
         in_subscription = path.lower().startswith("/subscriptions/")
-        is_arm = in_subscription or rbac.is_tenant_path(path)  # tenant reads: not throttled here
+        tenant = graph.is_tenant_path(path)  # Resource Graph has a quota of its own
+        is_arm = in_subscription or tenant or rbac.is_tenant_path(path)  # not throttled here
         methods = {"GET": "read", "PUT": "write", "PATCH": "write"}
         kind = methods.get(method) if in_subscription else None
         if kind:
@@ -852,7 +865,13 @@ class Emulator:
                     "The request content was invalid and could not be deserialized.",
                     code="InvalidRequestContent",
                 )
-            status, doc = self._arm(method, path, query, headers, body, caller)
+            if tenant:
+                status, doc, extra = graph.route(
+                    self.graph, self.management_groups, method, path, query, body, caller, self.url
+                )
+                response_headers.update(extra)
+            else:
+                status, doc = self._arm(method, path, query, headers, body, caller)
             response = _Response(status, _json_bytes(doc), response_headers)
         except ArmError as exc:
             response_headers.update(exc.headers)
@@ -1217,6 +1236,7 @@ class Emulator:
         headers: dict[str, str],
     ) -> None:
         self._vaults[key] = vault
+        self.graph.changed(vault["id"], vault)
         self._events.append(self._event(vault["id"], sub, caller, method, existed, headers))
 
     def _event(

@@ -34,5 +34,7 @@ def reconcile_event(event: func.EventGridEvent) -> None:
         log.warning("kvfirewall event %s dropped as malformed: %s", event.id, outcome.reason)
     elif outcome.action == "ignored":
         log.info("kvfirewall event %s ignored: %s", event.id, outcome.reason)
+    elif outcome.action == "failed":  # permanent: a redelivery would fail the same way
+        log.error("kvfirewall event %s failed, not retried: %s", event.id, outcome.reason)
     else:
         log_report(outcome.report)

@@ -1,6 +1,8 @@
 """HTTP triggers (function key): manual reconcile and dry run, and the allowed ranges.
 
-- POST /api/reconcile, optional body {"vaultId": str, "dryRun": bool}: the JSON report.
+- POST /api/reconcile, optional body {"vaultId": str, "dryRun": bool}: the JSON report; a
+  run over every vault that is not a dry run, fanned out over the work queue, answers 202
+  with what it settled and the run's id (`run`, and `Location: /api/runs/{id}`).
 - GET  /api/plan: the dry-run report for every vault in scope.
 - GET  /api/ranges: the allowed ranges per geography and region, and the source version.
 
@@ -30,13 +32,22 @@ bp = func.Blueprint()
 def reconcile_http(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     from kvfirewall.api import parse_reconcile_request
 
-    def run(service: "Service") -> dict:
-        request = parse_reconcile_request(
-            req.get_body() or b"", subscriptions=service.settings.subscriptions
-        )
-        return _reported(service.requested_run(request, thread_init=invocation_threads(context)))
+    def run() -> func.HttpResponse:
+        from kvfirewall.service import service_from_env
 
-    return _answer(run)
+        service = service_from_env()
+        settings = service.settings
+        request = parse_reconcile_request(
+            req.get_body() or b"",
+            subscriptions=None if settings.management_groups else settings.subscriptions,
+        )
+        report = service.requested_run(request, thread_init=invocation_threads(context))
+        if report.run_id:  # fanned out: GET /api/runs/{id} tells when it is done
+            location = {"Location": f"/api/runs/{report.run_id}"}
+            return json_response(202, _reported(report), headers=location)
+        return json_response(200, _reported(report))
+
+    return answer(run)
 
 
 @bp.function_name("plan_http")

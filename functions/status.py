@@ -3,7 +3,8 @@
 - GET /api/status: the page (HTML; `?format=json` for the same data as JSON), with the query
   parameters `outcome`, `sort` and `page` of its vault table.
 - GET /api/runs: the stored runs' reports, newest first, each with its counts.
-- GET /api/runs/{id}: a stored report's JSON, the id being its name (404 when there is none).
+- GET /api/runs/{id}: a stored report's JSON, the id being its name (404 when there is none);
+  for a fanned-out run still in progress, 202 and where it stands (`run_record.progress`).
 
 The page is one self-contained document under a strict Content-Security-Policy: no script,
 its style allowed by a nonce that is new for every response.
@@ -68,6 +69,13 @@ def runs_http(req: func.HttpRequest) -> func.HttpResponse:
         if not run_id:
             return json_response(200, list_runs(store), headers=SECURITY_HEADERS)
         body = read_run(store, run_id)
+        if body is None:
+            from kvfirewall.fan_out import progress
+
+            running = progress(service_from_env(), run_id)
+            if running is not None:  # a fanned-out run: where it stands
+                return json_response(*running, headers={**SECURITY_HEADERS, "Retry-After": "10"})
+            body = read_run(store, run_id)  # assembled just now, if it was complete
         if body is None:
             return json_response(
                 404, {"error": "no stored run with that id"}, headers=SECURITY_HEADERS

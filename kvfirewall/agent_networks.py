@@ -113,9 +113,6 @@ def describe(exc: Exception) -> str:
 
 
 _FAILURES = (HttpResponseError, ServiceRequestError, ServiceResponseError)
-# Every read: one attempt (see the module's docstring), with its own timeouts, since the
-# shared transport has none worth having.
-_ONCE = {"retry_total": 0, "connection_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT}
 
 
 class DiscoveryFailed(Exception):
@@ -129,12 +126,21 @@ class DiscoveryFailed(Exception):
 class AgentNetworks:
     """Agent-network reads (and the one subnet write) for one deployment."""
 
-    def __init__(self, *, endpoint: str, credential=None) -> None:
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        credential=None,
+        remaining: Callable[[], float | None] = lambda: None,
+    ) -> None:
+        """`remaining`: the seconds left of the run's time budget (None: no budget); every
+        request's timeouts are cut to it, and none starts once it is spent."""
         if credential is None:
             credential = default_credential(endpoint)
         self.endpoint = endpoint.rstrip("/")
         self.counts = CallCounts()
         self._credential = credential
+        self._remaining = remaining
         self._lock = threading.Lock()
         self._clients: dict[tuple[str, str], Any] = {}
 
@@ -146,6 +152,19 @@ class AgentNetworks:
                 client = self._make(kind, subscription)
                 self._clients[key] = client
             return client
+
+    def _once(self, read_timeout: float = READ_TIMEOUT) -> dict[str, Any]:
+        """Every request: one attempt (see the module's docstring), with its own timeouts,
+        since the shared transport has none worth having, cut to the run's budget."""
+        remaining = self._remaining()
+        if remaining is not None and remaining <= 0:
+            raise ServiceRequestError("not sent: the run's time budget is spent")
+        cut = (lambda t: t) if remaining is None else (lambda t: min(t, remaining))
+        return {
+            "retry_total": 0,
+            "connection_timeout": cut(CONNECT_TIMEOUT),
+            "read_timeout": cut(read_timeout),
+        }
 
     def _make(self, kind: str, subscription: str):
         options: dict[str, Any] = {
@@ -186,7 +205,7 @@ class AgentNetworks:
         return networks_of(ref, payload)
 
     def _get(self, ref: PoolRef) -> dict:
-        once = _ONCE
+        once = self._once()
         if ref.kind is PoolKind.MANAGED_DEVOPS_POOL:
             pools = self._client("pools", ref.subscription).pools
             return pools.get(ref.resource_group, ref.name, **once).as_dict()
@@ -206,7 +225,7 @@ class AgentNetworks:
         pools = self._client("pools", subscription).pools
         found = []
         try:
-            for pool in pools.list_by_subscription(**_ONCE):
+            for pool in pools.list_by_subscription(**self._once()):
                 payload = pool.as_dict()
                 found.append(networks_of(parse_pool_id(payload["id"]), payload))
         except _FAILURES as exc:
@@ -229,7 +248,7 @@ class AgentNetworks:
         """Whether a subnet has the Microsoft.KeyVault service endpoint: one GET."""
         operations, names = self._subnets(subnet_id)
         try:
-            subnet = operations.get(*names, **_ONCE).as_dict()
+            subnet = operations.get(*names, **self._once()).as_dict()
         except _FAILURES as exc:
             return SubnetEndpoint(subnet_id, EndpointStatus.UNREADABLE, detail=describe(exc))
         return endpoint_check(subnet_id, subnet)
@@ -244,7 +263,7 @@ class AgentNetworks:
         detail = ""
         for _ in range(ENDPOINT_FIX_ATTEMPTS):
             try:
-                current = operations.get(*names, **_ONCE).as_dict()
+                current = operations.get(*names, **self._once()).as_dict()
             except _FAILURES as exc:
                 return EndpointFix(subnet_id, FixOutcome.FAILED, describe(exc))
             if endpoint_check(subnet_id, current).status is EndpointStatus.PRESENT:
@@ -257,9 +276,7 @@ class AgentNetworks:
                     Subnet(with_key_vault_endpoint(current)),
                     headers={"If-Match": current["etag"]},
                     polling=False,
-                    retry_total=0,
-                    connection_timeout=CONNECT_TIMEOUT,
-                    read_timeout=WRITE_TIMEOUT,
+                    **self._once(WRITE_TIMEOUT),
                 )
             except HttpResponseError as exc:
                 detail = describe(exc)

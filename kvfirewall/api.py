@@ -28,8 +28,12 @@ class ReconcileRequest:
     dry_run: bool = False
 
 
-def parse_reconcile_request(body: bytes, *, subscriptions: tuple[str, ...]) -> ReconcileRequest:
-    """Parse and validate a reconcile request body (empty means: all vaults, not a dry run)."""
+def parse_reconcile_request(
+    body: bytes, *, subscriptions: tuple[str, ...] | None
+) -> ReconcileRequest:
+    """Parse and validate a reconcile request body (empty means: all vaults, not a dry run).
+    `subscriptions`: the managed ones; None when management groups make them known only to
+    the run (which then skips a vault outside them)."""
     if len(body) > MAX_BODY_BYTES:
         raise BadRequest(f"body is larger than {MAX_BODY_BYTES} bytes")
     if not body.strip():
@@ -56,7 +60,7 @@ def parse_reconcile_request(body: bytes, *, subscriptions: tuple[str, ...]) -> R
         vault = parse_vault_id(vault_id)
     except RuleError as exc:
         raise BadRequest(f"vaultId: {exc}") from None
-    if vault.subscription not in subscriptions:
+    if subscriptions is not None and vault.subscription not in subscriptions:
         raise BadRequest(f"vaultId: subscription {vault.subscription} is not managed")
     return ReconcileRequest(vault=vault, dry_run=dry_run)
 

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         ("apply", "reconcile the vaults (writes) and store the report"),
         ("reports", "list the stored reports, newest first, or print one"),
         ("status", "what the stored runs say: every vault's state, the last runs, the source"),
+        ("leases", "list the active access leases"),
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--json", action="store_true", help="print JSON")
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             return _reports(service, args.name, as_json=args.json)
         if args.command == "status":
             return _status(service, as_json=args.json)
+        if args.command == "leases":
+            return _leases(service, as_json=args.json)
         write = args.command == "apply"
         report = service.run(
             write=write,
@@ -88,7 +91,7 @@ def _target(value: str | None, settings: Settings) -> VaultRef | None:
         ref = parse_vault_id(value)
     except RuleError as exc:
         raise UsageError(f"--vault: {exc}") from None
-    if ref.subscription not in settings.subscriptions:
+    if not settings.management_groups and ref.subscription not in settings.subscriptions:
         raise UsageError(f"--vault: subscription {ref.subscription} is not in KVF_SUBSCRIPTIONS")
     return ref
 
@@ -131,6 +134,13 @@ def _ranges(data: dict, *, as_json: bool) -> int:
     print(f"source: {data['source']}  version: {data['version']}  ({data['status']})")
     for rule in data["ipRules"] + data["virtualNetworkRules"]:
         print(f"  {rule['rule']:<20}  {rule['why']}")
+    for pool in data["pools"]:
+        print(f"pool {pool['id']}: {pool['status']}")
+        for subnet in pool["subnets"]:
+            endpoint = "endpoint ok" if subnet["serviceEndpoint"] else "NO Key Vault endpoint"
+            print(f"  subnet {subnet['id']}  ({endpoint})")
+        for address in pool["addresses"]:
+            print(f"  address {address}")
     for warning in data["warnings"]:
         print(f"warning: {warning}")
     print(f"{len(data['ipRules'])} IPv4 rules, {len(data['virtualNetworkRules'])} subnet rules")
@@ -145,6 +155,26 @@ def _status(service: Service, *, as_json: bool) -> int:
 
     status = read_status(service.store, StatusQuery(), now=datetime.now(timezone.utc))
     print(json.dumps(status_json(status), indent=2) if as_json else status_text(status))
+    return 0
+
+
+def _leases(service: Service, *, as_json: bool) -> int:
+    """The active leases: the same object as `GET /api/leases`, or one line each."""
+    from kvfirewall.lease_broker import LeaseBroker
+
+    data = LeaseBroker(service).active()
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return 0
+    for lease in data["leases"]:
+        print(
+            f"{lease['expiresAt']}  {lease['ip']:<15}  {lease['principal']}  "
+            f"{len(lease['vaults'])} vault(s)  {lease['id']}  {lease['reason'] or ''}".rstrip()
+        )
+        for vault in lease["vaults"]:
+            print(f"    {vault}")
+    if not data["leases"]:
+        print("no active leases", file=sys.stderr)
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "Lease",
     "LeaseRequest",
     "caller_address",
+    "lease_rules",
     "parse_address",
     "parse_lease_request",
 ]
@@ -192,3 +194,21 @@ class Lease:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a stored lease: {exc}") from None
+
+
+def lease_rules(leases: Iterable[Lease]) -> dict[str, dict[ipaddress.IPv4Network, str]]:
+    """Per vault (its lower-cased id), the /32 each active lease wants there, with why: the
+    lease that ends last (several leases for one address share its one rule)."""
+    rules: dict[str, dict[ipaddress.IPv4Network, str]] = {}
+    holders: dict[tuple[str, ipaddress.IPv4Network], list[Lease]] = {}
+    for lease in leases:
+        for vault in lease.vaults:
+            holders.setdefault((vault.key, ipaddress.IPv4Network(lease.ip)), []).append(lease)
+    for (vault, network), held in sorted(holders.items(), key=lambda item: item[0][0]):
+        last = max(held, key=lambda lease: (lease.expires_at, lease.id))
+        more = f" (and {len(held) - 1} more)" if len(held) > 1 else ""
+        rules.setdefault(vault, {})[network] = (
+            f"lease {last.id} of {last.principal} until "
+            f"{last.expires_at.strftime('%Y-%m-%dT%H:%M:%SZ')}{more}"
+        )
+    return rules

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from kvfirewall import filelock
 from kvfirewall.clouds import PUBLIC, default_credential
@@ -41,11 +41,15 @@ from kvfirewall.rules import PARSED_RULES
 from kvfirewall.settings import DEFAULT_REPORT_DAYS, StateLocation
 from kvfirewall.transport import DEADLINE_OPTION, Remaining, RequestTimeouts, shared_transport
 
+if TYPE_CHECKING:
+    from kvfirewall.lease_store import LeaseStore
+
 TABLE_NAME = "kvfirewallledger"
 LEASE_SECONDS = 60  # a Blob lease's longest fixed term; kept renewed while held
 LEASE_POLL_SECONDS = 0.5
 CONTAINER_NAME = "kvfirewall"
 SNAPSHOT_BLOB = "ranges/last-good.json"
+POOLS_BLOB = "pools/last-resolved.json"  # the agent pools' last resolved networks
 REPORTS = "reports"  # reports/<name>.json, in the directory or the container
 # Storage that is down or hangs should fail a run in seconds, not after the SDKs' minutes of
 # backoff and 60-300 s read timeouts: the next run (or Event Grid's redelivery, which waits only
@@ -153,6 +157,12 @@ class StateStore(Protocol):
 
     def write_snapshot(self, snapshot: Snapshot) -> None: ...
 
+    def read_pools(self) -> dict | None:
+        """The agent pools' last resolved networks as stored (`PoolSnapshot.to_json`)."""
+        ...
+
+    def write_pools(self, data: dict) -> None: ...
+
     def describe(self) -> str: ...
 
     def within(self, remaining: Remaining) -> StateStore:
@@ -175,6 +185,10 @@ class StateStore(Protocol):
 
     def read_report(self, name: str) -> bytes:
         """A stored report's JSON; `KeyError` when there is none by that name."""
+        ...
+
+    def lease_records(self) -> LeaseStore:
+        """The access leases kept beside the ledger (see `lease_store`)."""
         ...
 
 
@@ -317,6 +331,12 @@ class LocalStore:
     def describe(self) -> str:
         return f"directory {self.root}"
 
+    def lease_records(self) -> LeaseStore:
+        """The access leases kept beside this ledger (`lease_store.LocalLeaseStore`)."""
+        from kvfirewall.lease_store import LocalLeaseStore
+
+        return LocalLeaseStore(self.root)
+
     def within(self, remaining: Remaining) -> LocalStore:
         """The same store: a local file is not a call worth cutting short."""
         return self
@@ -359,6 +379,13 @@ class LocalStore:
 
     def write_snapshot(self, snapshot: Snapshot) -> None:
         _atomic_write(self.root / SNAPSHOT_BLOB, snapshot.to_json())
+
+    def read_pools(self) -> dict | None:
+        path = self.root / POOLS_BLOB
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_pools(self, data: dict) -> None:
+        _atomic_write(self.root / POOLS_BLOB, data)
 
     @contextlib.contextmanager
     def lease(self, vault_key: str, *, wait_seconds: float) -> Iterator[Lease]:
@@ -487,6 +514,7 @@ class AzureStore:
         *,
         table: str = TABLE_NAME,
         container: str = CONTAINER_NAME,
+        lease_table: str = "kvfirewallleases",  # lease_store.LEASE_TABLE
         arm_endpoint: str = PUBLIC.arm_endpoint,
         report_days: int = DEFAULT_REPORT_DAYS,
         clock: Clock = _utc_now,
@@ -518,6 +546,7 @@ class AzureStore:
             )
         self._table = tables.get_table_client(table)
         self._container = blobs.get_container_client(container)
+        self._lease_table = tables.get_table_client(lease_table)
 
     def within(self, remaining: Remaining) -> AzureStore:
         """This store for one run: every storage call of it is cut to `remaining()`, the
@@ -525,7 +554,14 @@ class AzureStore:
         bound = copy.copy(self)
         bound._table = _Bounded(self._table, remaining)
         bound._container = _Bounded(self._container, remaining)
+        bound._lease_table = _Bounded(self._lease_table, remaining)
         return bound
+
+    def lease_records(self) -> LeaseStore:
+        """The access leases kept beside this ledger (`lease_store.AzureLeaseStore`)."""
+        from kvfirewall.lease_store import AzureLeaseStore
+
+        return AzureLeaseStore(self._lease_table)
 
     def describe(self) -> str:
         return self._location.describe()
@@ -621,6 +657,19 @@ class AzureStore:
         text = json.dumps(snapshot.to_json(), indent=1)
         self._created(lambda: self._container.upload_blob(SNAPSHOT_BLOB, text, overwrite=True))
 
+    def read_pools(self) -> dict | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            data = self._container.download_blob(POOLS_BLOB).readall()
+        except ResourceNotFoundError:  # no blob, or no container yet
+            return None
+        return json.loads(data)
+
+    def write_pools(self, data: dict) -> None:
+        text = json.dumps(data, indent=1)
+        self._created(lambda: self._container.upload_blob(POOLS_BLOB, text, overwrite=True))
+
     @contextlib.contextmanager
     def lease(self, vault_key: str, *, wait_seconds: float) -> Iterator[Lease]:
         """A Blob lease on `leases/<digest>` in the container, for `LEASE_SECONDS` at a
@@ -657,8 +706,21 @@ class AzureStore:
         """The name is taken by creating an empty blob that must not exist yet; then the
         report is uploaded over it in blocks, with its counts as the blob's metadata. A blob
         without that metadata is a report being written (or whose writer died): not listed."""
+        taken = self.reserve_report(name)
+        self.fill_report(taken, chunks, counts=counts)
+        self._prune()
+        return taken
+
+    @property
+    def container(self):
+        """The state's blob container (its calls bound to the run's time, if `within`): a
+        fanned-out run keeps its parts there (see `run_record`)."""
+        return self._container
+
+    def reserve_report(self, name: str) -> str:
+        """Take a report name (`name`, `name-2`, ...) by creating an empty blob that must not
+        exist yet; unlisted until `fill_report`. Returns the name taken."""
         from azure.core.exceptions import ResourceExistsError
-        from azure.storage.blob import ContentSettings
 
         for taken in name_candidates(name):
             blob = self._container.get_blob_client(f"{REPORTS}/{taken}.json")
@@ -666,17 +728,43 @@ class AzureStore:
                 self._created(lambda blob=blob: blob.upload_blob(b"", overwrite=False))
             except ResourceExistsError:
                 continue
-            break
-        else:
-            raise FileExistsError(f"every name for report {name} is taken")
-        blob.upload_blob(
-            (bytes(chunk) for chunk in chunks),
-            overwrite=True,
-            metadata={"counts": json.dumps(dict(counts), separators=(",", ":"))},
-            content_settings=ContentSettings(content_type="application/json"),
-        )
-        self._prune()
-        return taken
+            return taken
+        raise FileExistsError(f"every name for report {name} is taken")
+
+    def fill_report(
+        self, name: str, chunks: Iterable[bytes], *, counts: Mapping[str, int], etag: str = ""
+    ) -> bool:
+        """Upload a reserved report in blocks, its counts as the blob's metadata. With `etag`,
+        only over that version of the blob (the empty reservation): False when another
+        writer filled it first."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError
+        from azure.storage.blob import ContentSettings
+
+        condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+        try:
+            self._container.get_blob_client(f"{REPORTS}/{name}.json").upload_blob(
+                (bytes(chunk) for chunk in chunks),
+                overwrite=True,
+                metadata={"counts": json.dumps(dict(counts), separators=(",", ":"))},
+                content_settings=ContentSettings(content_type="application/json"),
+                **condition,
+            )
+        except ResourceModifiedError:
+            return False
+        return True
+
+    def report_reservation(self, name: str) -> str | None:
+        """The ETag of a reserved report not filled yet; None if it is filled or missing."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            properties = self._container.get_blob_client(
+                f"{REPORTS}/{name}.json"
+            ).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return None if "counts" in (properties.metadata or {}) else properties.etag
 
     def _report_blobs(self, *, metadata: bool) -> Iterator[tuple[str, dict[str, str]]]:
         from azure.core.exceptions import ResourceNotFoundError

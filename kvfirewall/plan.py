@@ -98,6 +98,8 @@ def plan_vault(
     owned_ip = entry.ip_rules | entry.pending_ip_rules
     owned_sn = entry.subnets | entry.pending_subnets
     hold = bool(desired.missing_regions)  # an incomplete desired set removes nothing
+    hold_subnets = bool(desired.unresolved_pools)  # so does a pool whose networks are unknown
+    hold = hold or hold_subnets
     ip_rules, ip_present = _merge(
         ip_values(acls),
         key=current_ip_network,
@@ -114,14 +116,16 @@ def plan_vault(
         owned=owned_sn,
         desired=dict(desired.subnets),
         changes=(added, removed, kept),
-        may_remove=True,
+        may_remove=not hold_subnets,
     )
     # Ours afterwards: every desired rule we had (or may have written) or are adding now.
     held = (owned_ip & ip_present) - desired.ip_rules.keys() if hold else frozenset()
+    held_sn = (owned_sn & subnet_present) - desired.subnets.keys() if hold_subnets else set()
     owned = LedgerEntry(
         ip_rules=frozenset(n for n in desired.ip_rules if n in owned_ip or n not in ip_present)
         | held,
-        subnets=frozenset(k for k in desired.subnets if k in owned_sn or k not in subnet_present),
+        subnets=frozenset(k for k in desired.subnets if k in owned_sn or k not in subnet_present)
+        | held_sn,
     )
     common = {
         "vault_id": vault.id,

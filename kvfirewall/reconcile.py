@@ -7,25 +7,35 @@ concurrent runs and crashes safe.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
 from queue import Empty, Full, Queue
 
-from kvfirewall.errors import one_line
+from kvfirewall.agent_networks import AgentNetworks
+from kvfirewall.agent_pools import SubnetCheck, check_subnets, pools_json, resolve_pools
+from kvfirewall.errors import is_transient, one_line
+from kvfirewall.leases import lease_rules
 from kvfirewall.ledger import StateStore
+from kvfirewall.management_groups import ManagementGroups
 from kvfirewall.plan import VaultState
+from kvfirewall.pool_snapshot import PoolDecision, PoolSnapshot
 from kvfirewall.ranges import (
+    Desired,
     RangeDecision,
     RangeSourceError,
     choose_snapshot,
     desired_rules,
 )
 from kvfirewall.report import Report, ReportSpool, VaultResult
+from kvfirewall.resource_graph import GraphFailed, ResourceGraph
 from kvfirewall.rules import RuleError, VaultRef, parse_vault_id
+from kvfirewall.scope import Scope, resolve_scope
 from kvfirewall.settings import Settings, redact_url
 from kvfirewall.sources import builtin_snapshot, fetch_snapshot
 from kvfirewall.vaults import Arm, OutOfTime
@@ -34,6 +44,9 @@ from kvfirewall.writer import NOT_REACHED, VAULT_RESERVE_SECONDS, VaultWorker
 log = logging.getLogger("kvfirewall")
 WORKERS = 32  # vaults reconciled at once: enough for the write quota at real ARM latencies
 LISTERS = 4  # subscriptions listed at once
+# The vaults of one queue message reconciled at once: a message is one subscription's, whose
+# write quota (10/s refilled) a few workers at Resource Manager's latency already fill.
+QUEUED_WORKERS = 8
 LISTED_QUEUE = 4 * WORKERS  # listed vaults waiting for a worker
 
 Progress = Callable[[int, VaultResult], None]
@@ -77,6 +90,7 @@ def resolve_ranges(
         builtin=builtin,
         regions=settings.all_regions,
         max_loss_percent=settings.max_range_loss_percent,
+        azure_cloud=settings.leases.enabled and settings.leases.ip_scope == "azure",
     )
     if notes:
         decision = dataclasses.replace(decision, warnings=(*notes, *decision.warnings))
@@ -95,18 +109,49 @@ def resolve_ranges(
     return decision
 
 
-def in_scope(vault: VaultState, settings: Settings) -> bool:
-    """Whether a vault is managed: in a managed subscription and carrying the tag, if any."""
+def in_scope(
+    vault: VaultState, settings: Settings, subscriptions: Collection[str] | None = None
+) -> bool:
+    """Whether a vault is managed: in a managed subscription (`subscriptions`: the run's,
+    management groups resolved; else the configured ones) and carrying the tag, if any."""
     try:
         ref = parse_vault_id(vault.id)
     except RuleError:
         return False
-    if ref.subscription not in settings.subscriptions:
+    if ref.subscription not in (settings.subscriptions if subscriptions is None else subscriptions):
         return False
     if settings.vault_tag is None:
         return True
     name, value = settings.vault_tag
     return any(k.lower() == name.lower() and v == value for k, v in vault.tags.items())
+
+
+def run_scope(settings: Settings, arm: Arm, vault: VaultRef | None = None) -> Scope:
+    """The run's subscriptions. The management groups are read only when they matter: for a
+    run over every vault, or for one vault of a subscription not named in KVF_SUBSCRIPTIONS."""
+    if not settings.management_groups or (
+        vault is not None and vault.subscription in settings.subscriptions
+    ):
+        return Scope(subscriptions=settings.subscriptions)
+    scope = resolve_scope(settings, ManagementGroups(arm).subscriptions)
+    if not arm.subscriptions:  # the Discovery API is asked through a managed subscription
+        arm.subscriptions = scope.subscriptions
+    return scope
+
+
+def _not_managed(vault: VaultRef, scope: Scope) -> VaultResult:
+    """A single vault outside the run's subscriptions: skipped, and never touched. If a group
+    could not be read, the vault may well be managed: it is not reached, rather than out of
+    scope, and an event for it is delivered again if time may fix the group's read."""
+    if scope.unread_groups:
+        groups = ", ".join(scope.unread_groups)
+        return VaultResult(
+            id=vault.id,
+            outcome="skipped",
+            reason=f"not reached: management group {groups} could not be read",
+            retryable=scope.transient,
+        )
+    return VaultResult(id=vault.id, outcome="skipped", reason="not in scope")
 
 
 def reconcile(
@@ -122,6 +167,12 @@ def reconcile(
     refresh_ranges: bool = True,
     thread_init: Callable[[], None] | None = None,
     spool: ReportSpool | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    nets: AgentNetworks | None = None,
+    refresh_pools: bool | None = None,
+    reserve_scale: float = 1.0,
+    enqueue: Callable[[str, str], None] | None = None,
+    queued: Sequence[VaultRef] | None = None,
 ) -> Report:
     """Reconcile every vault in scope (or one vault) and return the report.
 
@@ -132,17 +183,40 @@ def reconcile(
     `thread_init` runs in each worker thread first (the Functions worker forwards log records
     only from threads that carry the invocation's id). With a `spool`, every vault's result
     goes there and the report keeps only the counts and the vaults that changed or failed.
+    With access leases on, the active leases' addresses are wanted too (read once per run, and
+    again under a vault's lease before it is written), as of `now()`: any run after a lease
+    ends takes its rule away. With `nets`, the agent pools are resolved (fetched unless
+    `refresh_pools`, default `refresh_ranges`, is false) and every subnet the run would add is
+    checked for the Key Vault service endpoint, and fixed with KVF_FIX_SERVICE_ENDPOINTS in a
+    writing run. `reserve_scale` scales the time kept for listing a page and starting a vault
+    (sized for an HTTP request's budget) to a shorter budget.
+    With `enqueue`, a run over every vault writes none itself: each listed vault that needs
+    a write is handed to it, by id with the range version planned on (a fanned-out run, see
+    `fan_out`); the rest are reported. `queued`: the vaults of one queue message instead,
+    each reconciled from a fresh read under its lease (`VaultWorker.queued`).
     """
     started = time.monotonic()
     calls_before = dataclasses.replace(arm.counts)  # an Arm may serve many runs
-    decision = resolve_ranges(
-        settings,
-        store,
-        arm,
-        save=write if save_snapshot is None else save_snapshot,
-        refresh=refresh_ranges,
+    scope = run_scope(settings, arm, vault)
+    save = write if save_snapshot is None else save_snapshot
+    decision = resolve_ranges(settings, store, arm, save=save, refresh=refresh_ranges)
+    pools = PoolDecision(pools=(), snapshot=PoolSnapshot())
+    check = SubnetCheck()
+    if nets is not None:
+        nets_before = dataclasses.replace(nets.counts)
+        refresh = refresh_ranges if refresh_pools is None else refresh_pools
+        pools = resolve_pools(settings, store, nets, save=save, refresh=refresh)
+    desired = desired_rules(
+        settings, decision.snapshot, pools.pools, unresolved_pools=pools.unresolved
     )
-    desired = desired_rules(settings, decision.snapshot)
+    if nets is not None:
+        fix = settings.fix_service_endpoints and write and mode == "enforce"
+        check = check_subnets(nets, [s for s, _ in desired.subnets.values()], fix=fix)
+    managed = frozenset(scope.subscriptions)  # asked once per vault
+    reread = None
+    if settings.leases.enabled:
+        reread = leased(desired, store, now)
+        desired = reread()
     report = Report(
         mode=mode,
         source={
@@ -153,9 +227,24 @@ def reconcile(
             "added": [str(p) for p in decision.added],
             "removed": [str(p) for p in decision.removed],
         },
-        warnings=[*decision.warnings, *desired.warnings],
+        warnings=[
+            *scope.warnings,
+            *decision.warnings,
+            *desired.warnings,
+            *pools.warnings,
+            *check.warnings,
+        ],
         spool=spool,
     )
+    if pools.pools or check.endpoints:
+        report.agent_networks = {
+            "pools": pools_json(pools.pools, check),
+            "subnets": [
+                {"id": e.subnet_id, "serviceEndpoint": check.has_endpoint(e.subnet_id)}
+                for e in check.endpoints
+            ],
+            "endpointFixes": check.fixes_json(),
+        }
     worker = VaultWorker(
         settings,
         store,
@@ -163,27 +252,65 @@ def reconcile(
         desired,
         write,
         source_version=decision.snapshot.version,
-        in_scope=lambda state: in_scope(state, settings),
+        in_scope=lambda state: in_scope(state, settings, managed),
+        now=now,
+        reread=reread,
+        reserve_scale=reserve_scale,
     )
     if vault is not None:
-        report.add(worker.one(vault))
+        report.add(worker.one(vault) if vault.subscription in scope else _not_managed(vault, scope))
+    elif queued is not None:
+        with ThreadPoolExecutor(max_workers=QUEUED_WORKERS, initializer=thread_init) as pool:
+            for result in pool.map(worker.queued, queued):
+                report.add(result)
     else:
-        _reconcile_listed(settings, arm, worker, report, progress, thread_init)
+        _reconcile_listed(
+            settings,
+            scope,
+            managed,
+            arm,
+            worker,
+            report,
+            progress,
+            thread_init,
+            reserve_scale,
+            enqueue,
+        )
     report.arm_calls = {
         field: getattr(arm.counts, field) - getattr(calls_before, field)
         for field in ("reads", "writes", "throttled")
     }
+    if nets is not None:
+        for field in report.arm_calls:
+            report.arm_calls[field] += getattr(nets.counts, field) - getattr(nets_before, field)
     report.duration_seconds = time.monotonic() - started
     return report
 
 
+def leased(
+    desired: Desired, store: StateStore, now: Callable[[], datetime]
+) -> Callable[[], Desired]:
+    """The desired set with the leases active at `now()`, read from the store at each call."""
+    records = store.lease_records()
+
+    def read() -> Desired:
+        active = [record.lease for record in records.active(now())]
+        return dataclasses.replace(desired, leases=lease_rules(active))
+
+    return read
+
+
 def _reconcile_listed(
     settings: Settings,
+    scope: Scope,
+    managed: frozenset[str],
     arm: Arm,
     worker: VaultWorker,
     report: Report,
     progress: Progress | None,
     thread_init: Callable[[], None] | None,
+    reserve_scale: float,
+    enqueue: Callable[[str, str], None] | None = None,
 ) -> None:
     """Reconcile every listed vault in scope as its page arrives, on `WORKERS` threads.
 
@@ -191,9 +318,13 @@ def _reconcile_listed(
     for them, so memory stays flat however large the estate: the report counts each result
     and keeps (or spools) it.
     """
-    in_flight: deque[Future[VaultResult]] = deque()
+    in_flight: deque[Future[VaultResult | str]] = deque()
+    work = worker.in_budget if enqueue is None else functools.partial(_triaged, worker)
 
-    def finish(result: VaultResult) -> None:
+    def finish(result: VaultResult | str) -> None:
+        if isinstance(result, str):  # a drifted vault's id: queued
+            enqueue(result, worker.source_version)  # type: ignore[misc]
+            return
         report.add(result)
         if result.reason == NOT_REACHED:
             if result.id.count("/") == 2:  # `/subscriptions/<id>`: the rest of its listing
@@ -204,25 +335,71 @@ def _reconcile_listed(
             progress(report.total, result)
 
     with ThreadPoolExecutor(max_workers=WORKERS, initializer=thread_init) as pool:
-        for item in _listed(settings, arm, thread_init):
+        for item in _listed(settings, scope, arm, thread_init, reserve_scale):
             if isinstance(item, str):
                 report.warnings.append(item)
             elif isinstance(item, VaultResult):
                 finish(item)
-            elif not in_scope(item, settings):
+            elif not in_scope(item, settings, managed):
                 report.out_of_scope += 1
             else:
-                in_flight.append(pool.submit(worker.in_budget, item))
+                in_flight.append(pool.submit(work, item))
             while in_flight and (len(in_flight) >= 2 * WORKERS or in_flight[0].done()):
                 finish(in_flight.popleft().result())
         while in_flight:
             finish(in_flight.popleft().result())
 
 
+def _triaged(worker: VaultWorker, state: VaultState) -> VaultResult | str:
+    """The result of a vault that needs no write, or its id if it does."""
+    result = worker.triage(state)
+    return state.id if result is None else result
+
+
 def _listed(
-    settings: Settings, arm: Arm, thread_init: Callable[[], None] | None
+    settings: Settings,
+    scope: Scope,
+    arm: Arm,
+    thread_init: Callable[[], None] | None,
+    reserve_scale: float,
 ) -> Iterator[VaultState | VaultResult | str]:
-    """Every vault of every managed subscription, listed `LISTERS` subscriptions at a time, as
+    """Every vault of the run's subscriptions: through Resource Graph (KVF_LISTING=graph),
+    and per subscription for what it could not list (with a warning), or per subscription
+    from the start (arm)."""
+    if settings.listing != "graph" or not scope.subscriptions:
+        yield from _listed_per_subscription(scope.subscriptions, arm, thread_init, reserve_scale)
+        return
+    graph = ResourceGraph(arm)
+    seen: set[str] = set()
+    current = ""  # the subscription of the last row: those before it are complete
+    try:
+        reserve = VAULT_RESERVE_SECONDS * reserve_scale
+        for state in graph.vaults(scope.subscriptions, reserve_seconds=reserve):
+            seen.add(state.id.lower())
+            current = state.id.split("/")[2].lower()
+            yield state
+    except OutOfTime:
+        for subscription in sorted(scope.subscriptions):
+            if subscription >= current:
+                yield VaultResult(
+                    id=f"/subscriptions/{subscription}", outcome="skipped", reason=NOT_REACHED
+                )
+        return
+    except GraphFailed as exc:
+        yield f"listing through Resource Graph failed ({exc}): listed per subscription instead"
+        pending = tuple(s for s in scope.subscriptions if s >= current)
+        for item in _listed_per_subscription(pending, arm, thread_init, reserve_scale):
+            if not (isinstance(item, VaultState) and item.id.lower() in seen):
+                yield item
+
+
+def _listed_per_subscription(
+    subscriptions: tuple[str, ...],
+    arm: Arm,
+    thread_init: Callable[[], None] | None,
+    reserve_scale: float,
+) -> Iterator[VaultState | VaultResult | str]:
+    """Every vault of these subscriptions, listed `LISTERS` subscriptions at a time, as
     pages arrive; a subscription that cannot be listed yields a result (and a warning)."""
     queue: Queue = Queue(maxsize=LISTED_QUEUE)
     stop = threading.Event()
@@ -238,7 +415,8 @@ def _listed(
 
     def list_subscription(subscription: str) -> None:
         try:
-            for state in arm.list_vaults(subscription, reserve_seconds=VAULT_RESERVE_SECONDS):
+            reserve = VAULT_RESERVE_SECONDS * reserve_scale
+            for state in arm.list_vaults(subscription, reserve_seconds=reserve):
                 if stop.is_set():  # the consumer is gone: read no further page
                     return
                 put(state)
@@ -256,14 +434,14 @@ def _listed(
                     outcome="failed",
                     reason="could not list vaults",
                     error=one_line(exc),
-                    retryable=True,
+                    retryable=is_transient(exc),
                 )
             )
         finally:
             put(finished)
 
     with ThreadPoolExecutor(max_workers=LISTERS, initializer=thread_init) as listers:
-        futures = [listers.submit(list_subscription, s) for s in settings.subscriptions]
+        futures = [listers.submit(list_subscription, s) for s in subscriptions]
         try:
             remaining = len(futures)
             while remaining:

@@ -175,6 +175,13 @@ class Report:
     spool: ReportSpool | None = None
     vaults_omitted: int = 0  # changed or failed, beyond KEPT_VAULTS: in the stored report only
     stored_as: str | None = None  # the stored report's name
+    # The agent pools' networks, the subnets checked for the Key Vault endpoint, the fixes.
+    agent_networks: dict = field(default_factory=dict)
+    # A fanned-out run (see `fan_out`): its id, and the vaults it queued for other invocations
+    # in how many messages; their results are in the run's stored report, not in this one.
+    run_id: str | None = None
+    queued: int = 0
+    messages: int = 0
     _tally: Counter = field(default_factory=Counter, init=False, repr=False)
     _listed: Literal["all", "changed or failed"] = field(default="all", init=False, repr=False)
 
@@ -226,6 +233,8 @@ class Report:
             scope += f"; CUT SHORT, {self.cut_short} not reached"
         if self.cut_short_subscriptions:
             scope += f", {self.cut_short_subscriptions} subscriptions not listed to the end"
+        if self.run_id:
+            scope += f"; {self.queued} queued in {self.messages} messages (run {self.run_id})"
         return (
             f"kvfirewall {self.mode}: {self.total} vaults ({counts or 'none'}){scope}; "
             f"ranges {self.source.get('version')} ({self.source.get('status')}); "
@@ -242,13 +251,16 @@ class Report:
             "cutShort": self.cut_short,
             "cutShortSubscriptions": self.cut_short_subscriptions,
             "warnings": self.warnings,
+            **({"agentNetworks": self.agent_networks} if self.agent_networks else {}),
         }
 
     def to_json(self) -> dict:
         """The report as held: `vaultsListed` says whether `vaults` is every vault or only
         those that changed or failed (then `report` names the stored full report, if any)."""
+        queued = {"run": self.run_id, "queued": self.queued, "messages": self.messages}
         return {
             **self._head(),
+            **(queued if self.run_id else {}),
             "report": self.stored_as,
             "vaultsListed": self._listed,
             "vaultsOmitted": self.vaults_omitted,

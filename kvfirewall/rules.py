@@ -52,11 +52,12 @@ class RuleError(ValueError):
     """A value that cannot be a Key Vault firewall rule."""
 
 
-def public_ipv4_network(value: str) -> ipaddress.IPv4Network:
+def public_ipv4_network(value: str, *, widest: int = WIDEST_PREFIX) -> ipaddress.IPv4Network:
     """Parse a rule kvfirewall may *add*: a canonical, public IPv4 address or CIDR.
 
     Strict on purpose: host bits, IPv6 and private ranges are refused rather than "fixed",
-    because a silently reinterpreted rule could admit more than the operator meant.
+    because a silently reinterpreted rule could admit more than the operator meant. `widest`:
+    the widest prefix accepted (wider for the AzureCloud tag, which is checked, never added).
     """
     text = value.strip()
     try:
@@ -75,9 +76,9 @@ def public_ipv4_network(value: str) -> ipaddress.IPv4Network:
             f"{text!r} is not a public address range (it {relation} the reserved {special}); "
             "Key Vault firewalls accept public IPv4 only"
         )
-    if network.prefixlen < WIDEST_PREFIX:
+    if network.prefixlen < widest:
         raise RuleError(
-            f"{text!r} is wider than /{WIDEST_PREFIX}; kvfirewall does not add rules that wide"
+            f"{text!r} is wider than /{widest}; kvfirewall does not add rules that wide"
         )
     return network
 

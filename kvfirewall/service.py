@@ -14,15 +14,20 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Literal
 
+from kvfirewall.agent_networks import AgentNetworks
+from kvfirewall.agent_pools import check_subnets, pools_json, resolve_pools
 from kvfirewall.api import ReconcileRequest
 from kvfirewall.clouds import default_credential
-from kvfirewall.errors import one_line
+from kvfirewall.errors import is_transient, one_line
 from kvfirewall.events import EventTarget, MalformedEvent, event_target
 from kvfirewall.geographies import GEOGRAPHY_REGIONS
 from kvfirewall.ledger import StateStore, open_store
+from kvfirewall.pool_snapshot import PoolSnapshot
+from kvfirewall.pools import PoolKind, PoolRef
 from kvfirewall.ranges import desired_rules
-from kvfirewall.reconcile import Progress, reconcile, resolve_ranges
+from kvfirewall.reconcile import Progress, reconcile, resolve_ranges, run_scope
 from kvfirewall.report import Report, ReportSpool, Trigger, report_name
 from kvfirewall.rules import VaultRef
 from kvfirewall.settings import Settings, SettingsError, redact_url
@@ -45,11 +50,14 @@ class RetryLater(Exception):
     should fail the invocation so that Event Grid delivers the event again."""
 
 
+EventAction = Literal["reconciled", "ignored", "malformed", "failed"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class EventOutcome:
     """What one event led to."""
 
-    action: str  # "reconciled" | "ignored" | "malformed"
+    action: EventAction
     reason: str
     report: Report | None = None
 
@@ -70,6 +78,7 @@ class Service:
         self._credential = credential
         self._lock = threading.Lock()
         self._clock = clock
+        self._queue: object = None  # the work queue, once asked for (False: none)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -89,15 +98,64 @@ class Service:
 
     def arm(self, *, budget_seconds: float | None = None) -> Arm:
         """Resource Manager access for one run, sharing the process's credential."""
-
-        with self._lock:
-            if self._credential is None:
-                self._credential = default_credential(self.settings.arm_endpoint)
         return Arm(
             endpoint=self.settings.arm_endpoint,
             subscriptions=self.settings.subscriptions,
-            credential=self._credential,
+            credential=self.credential(),
             budget_seconds=budget_seconds,
+        )
+
+    def credential(self):
+        """The process's Azure credential (it caches tokens), made on first use."""
+        with self._lock:
+            if self._credential is None:
+                self._credential = default_credential(self.settings.arm_endpoint)
+            return self._credential
+
+    def now(self) -> datetime:
+        """The service's clock (injectable: leases end by it)."""
+        return self._clock()
+
+    def agent_networks(self, arm: Arm) -> AgentNetworks:
+        """Agent-network reads for one run, within the budget of its `arm`."""
+        return AgentNetworks(
+            endpoint=self.settings.arm_endpoint,
+            credential=self.credential(),
+            remaining=arm.remaining,
+        )
+
+    def work_queue(self):
+        """The queue runs over every vault fan out over, or None: KVF_FAN_OUT off, or a
+        state without one (a local directory; see `work_queue.queue_client`)."""
+        from kvfirewall.work_queue import queue_client
+
+        with self._lock:
+            if self._queue is None:
+                client = None
+                if self.settings.fan_out and hasattr(self.store, "reserve_report"):
+                    client = queue_client(
+                        self.settings.state, arm_endpoint=self.settings.arm_endpoint
+                    )
+                self._queue = client or False
+            return self._queue or None
+
+    def _fanned_out(
+        self, *, trigger: Trigger, write: bool, mode: str, budget_seconds: float, thread_init
+    ) -> Report | None:
+        """A run over every vault through the work queue (see `fan_out`), if there is one."""
+        from kvfirewall.fan_out import planned_run
+
+        queue = self.work_queue()
+        if queue is None:
+            return None
+        return planned_run(
+            self,
+            queue,
+            trigger=trigger,
+            write=write,
+            mode=mode,
+            budget_seconds=budget_seconds,
+            thread_init=thread_init,
         )
 
     @property
@@ -117,6 +175,8 @@ class Service:
         progress: Progress | None = None,
         thread_init: Callable[[], None] | None = None,
         trigger: Trigger | None = None,
+        refresh_pools: bool | None = None,
+        reserve_scale: float = 1.0,
     ) -> Report:
         """One run. A run over every vault spools each vault's result, so that memory holds
         only the counts and the vaults that changed or failed, however large the estate; with
@@ -136,6 +196,10 @@ class Service:
                 save_snapshot=save_snapshot,
                 thread_init=thread_init,
                 spool=spool,
+                now=self._clock,
+                nets=self.agent_networks(arm),
+                refresh_pools=refresh_pools,
+                reserve_scale=reserve_scale,
             )
             if trigger is not None:
                 self._store_report(report, report_name(started, trigger))
@@ -159,7 +223,17 @@ class Service:
 
         A new snapshot is stored in audit mode too: the guard accepted it, and the next run
         should compare against it rather than report the same change every hour.
+        With a work queue, the drifted vaults are queued (the report says how many).
         """
+        queued = self._fanned_out(
+            trigger="timer",
+            write=self.writes,
+            mode=self.settings.mode,
+            budget_seconds=TIMER_BUDGET_SECONDS,
+            thread_init=thread_init,
+        )
+        if queued is not None:
+            return queued
         return self.run(
             write=self.writes,
             mode=self.settings.mode,
@@ -174,8 +248,19 @@ class Service:
     ) -> Report:
         """The HTTP trigger: one vault or all, per KVF_MODE unless it is a dry run (which
         writes nothing at all), within the HTTP time limit. The report of a run over every
-        vault that is not a dry run is stored."""
+        vault that is not a dry run is stored; with a work queue, such a run queues its
+        drifted vaults and its report carries the run's id (`Report.run_id`)."""
         write = self.writes and not request.dry_run
+        if request.vault is None and not request.dry_run:
+            queued = self._fanned_out(
+                trigger="http",
+                write=write,
+                mode=self.settings.mode,
+                budget_seconds=HTTP_BUDGET_SECONDS,
+                thread_init=thread_init,
+            )
+            if queued is not None:
+                return queued
         return self.run(
             write=write,
             mode="plan" if request.dry_run else self.settings.mode,
@@ -189,40 +274,107 @@ class Service:
     def handle_event(self, *, event_type: object, subject: object, data: object) -> EventOutcome:
         """An Event Grid event: reconcile the vault it names from a fresh read, or drop it.
 
-        Raises `RetryLater` when the vault could not be reconciled for a transient reason.
+        Raises `RetryLater` when the vault could not be reconciled for a transient reason;
+        a permanent failure (bad stored data, a refused request) is an outcome, since Event
+        Grid's redelivery would only repeat it.
         """
 
         try:
             target: EventTarget = event_target(event_type=event_type, subject=subject, data=data)
         except MalformedEvent as exc:
             return EventOutcome(action="malformed", reason=str(exc))
+        if target.pool is not None:
+            return self._pool_event(target.pool)
         if target.vault is None:
             return EventOutcome(action="ignored", reason=target.reason)
-        if target.vault.subscription not in self.settings.subscriptions:
+        managed = self.settings.subscriptions
+        if target.vault.subscription not in managed and not self.settings.management_groups:
             return EventOutcome(
                 action="ignored",
                 reason=f"subscription {target.vault.subscription} is not managed",
             )
-        report = self.run(
-            write=self.writes,
-            mode=self.settings.mode,
-            vault=target.vault,
-            refresh_ranges=False,
-            budget_seconds=EVENT_BUDGET_SECONDS,
-        )
+        try:
+            report = self.run(
+                write=self.writes,
+                mode=self.settings.mode,
+                vault=target.vault,
+                refresh_ranges=False,
+                budget_seconds=EVENT_BUDGET_SECONDS,
+            )
+        except Exception as exc:  # outside the vault's own steps: the state store, the ranges
+            if is_transient(exc):
+                raise RetryLater(f"{target.vault.id}: {one_line(exc)}") from exc
+            return EventOutcome(action="failed", reason=f"{target.vault.id}: {one_line(exc)}")
         result = report.vaults[0]
         if result.retryable:  # failed for a transient reason, or busy in another run
             log_report(report)
             raise RetryLater(f"{result.id}: {result.error}")
         return EventOutcome(action="reconciled", reason=result.reason, report=report)
 
+    def _pool_event(self, pool: PoolRef) -> EventOutcome:
+        """A write of a listed or discovered pool may have moved its network: every vault in
+        scope is reconciled with the pools read afresh, within the event's budget (the
+        reserves scaled to it); what is not reached is reported and left to the timer."""
+        listed = any(p.key == pool.key for p in self.settings.agent_pools)
+        discovered = (
+            self.settings.discover_pools
+            and pool.kind is PoolKind.MANAGED_DEVOPS_POOL
+            and pool.subscription in self.settings.subscriptions
+        )
+        if not (listed or discovered):
+            return EventOutcome(
+                action="ignored", reason=f"agent pool {pool.id} is neither listed nor discovered"
+            )
+        if self._networks_unchanged(pool):
+            return EventOutcome(
+                action="ignored", reason=f"agent pool {pool.id} written, its networks unchanged"
+            )
+        report = self.run(
+            write=self.writes,
+            mode=self.settings.mode,
+            refresh_ranges=False,
+            refresh_pools=True,
+            budget_seconds=EVENT_BUDGET_SECONDS,
+            reserve_scale=EVENT_BUDGET_SECONDS / HTTP_BUDGET_SECONDS,
+        )
+        return EventOutcome(
+            action="reconciled", reason=f"agent pool {pool.id} written", report=report
+        )
+
+    def _networks_unchanged(self, pool: PoolRef) -> bool:
+        """Whether a pool reads as its stored networks: one GET. A scale set's write is most
+        often its agents scaling, which moves no network and is worth no run over every
+        vault. Unknown (not stored, unreadable): False, and the run decides."""
+        try:
+            stored = PoolSnapshot.from_json(
+                self.store.read_pools() or {"pools": [], "discovered": {}}
+            )
+        except (ValueError, KeyError, TypeError):
+            return False
+        known = stored.pools.get(pool.key)
+        if known is None:
+            return False
+        arm = self.arm(budget_seconds=EVENT_BUDGET_SECONDS)
+        now = self.agent_networks(arm).resolve(pool)
+        return now.readable and (now.subnets, now.addresses) == (known.subnets, known.addresses)
+
     def ranges(self) -> dict:
         """What would be allowed, by geography and region, and from which source version.
         Read-only: nothing is stored, not even a newer snapshot."""
 
         arm = self.arm(budget_seconds=HTTP_BUDGET_SECONDS)
-        decision = resolve_ranges(self.settings, self.store.within(arm.remaining), arm, save=False)
-        desired = desired_rules(self.settings, decision.snapshot)
+        if not self.settings.subscriptions:  # the Discovery API is asked through one of them
+            run_scope(self.settings, arm)
+        store = self.store.within(arm.remaining)
+        decision = resolve_ranges(self.settings, store, arm, save=False)
+        nets = self.agent_networks(arm)
+        pools = resolve_pools(self.settings, store, nets, save=False)
+        desired = desired_rules(
+            self.settings, decision.snapshot, pools.pools, unresolved_pools=pools.unresolved
+        )
+        check = check_subnets(nets, [s for s, _ in desired.subnets.values()], fix=False)
+        for warning in (*pools.warnings, *check.warnings):
+            log.warning("kvfirewall warning: %s", warning)
 
         def prefixes(region: str) -> list[str]:
             return [str(p) for p in decision.snapshot.regions.get(region, ())]
@@ -242,7 +394,8 @@ class Service:
                 {"rule": str(n), "why": why} for n, why in sorted(desired.ip_rules.items())
             ],
             "virtualNetworkRules": [{"rule": i, "why": why} for i, why in desired.subnets.values()],
-            "warnings": [*decision.warnings, *desired.warnings],
+            "pools": pools_json(pools.pools, check),
+            "warnings": [*decision.warnings, *desired.warnings, *pools.warnings, *check.warnings],
         }
 
 

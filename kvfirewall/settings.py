@@ -10,14 +10,16 @@ from __future__ import annotations
 import base64
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from kvfirewall.clouds import defaults_for
 from kvfirewall.geographies import GEOGRAPHY_REGIONS, canonical_geography
+from kvfirewall.pools import PoolRef, parse_pool_ids
 from kvfirewall.rules import (
     SUBSCRIPTION_RE,
     RuleError,
@@ -31,10 +33,23 @@ DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 DEFAULT_LOCAL_STATE = "./.kvfirewall"
 DEFAULT_SCHEDULE = "0 0 * * * *"  # hourly, on the hour
 DEFAULT_REPORT_DAYS = 30
+DEFAULT_LEASE_TAG = "kvfirewall-leases=enabled"
+DEFAULT_LEASE_MAX_MINUTES = 60
+MAX_LEASE_MINUTES = 1440
+DEFAULT_LEASE_SCHEDULE = "0 * * * * *"  # every minute
+LeaseMode = Literal["off", "entra"]
+LeaseIpScope = Literal["azure", "any"]
 _REGION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}\Z")  # also the Discovery API location
 _TAG_NAME_RE = re.compile(r"^[^<>%&\\?/]{1,512}$")
 MAX_REPORT_DAYS = 3650
 _FIELD_KEY_RE = re.compile(r"[A-Za-z]+\Z")
+# A management group id: up to 90 letters, digits, `-`, `_`, `(`, `)` and `.`, not ending in `.`.
+_GROUP_RE = re.compile(
+    r"/providers/Microsoft\.Management/managementGroups/(?P<id>[\w().-]{0,89}[\w()-])/?\Z",
+    re.IGNORECASE | re.ASCII,
+)
+Listing = Literal["graph", "arm"]
+LISTINGS: tuple[Listing, ...] = ("graph", "arm")
 _CONNECTION_KEYS = frozenset(
     {"defaultendpointsprotocol", "accountname", "accountkey", "sharedaccesssignature",
      "blobendpoint", "tableendpoint", "queueendpoint", "fileendpoint", "endpointsuffix",
@@ -43,7 +58,11 @@ _CONNECTION_KEYS = frozenset(
 
 # name -> (meaning, default shown to people); the product's interface, also read by the docs tests.
 SETTINGS: dict[str, tuple[str, str]] = {
-    "KVF_SUBSCRIPTIONS": ("comma-separated subscription ids whose vaults are managed", ""),
+    "KVF_SUBSCRIPTIONS": (
+        "comma-separated subscription ids and /providers/Microsoft.Management/managementGroups/"
+        "<id> entries whose vaults are managed",
+        "",
+    ),
     "KVF_ADO_GEOGRAPHIES": ("Azure DevOps geographies, e.g. Europe,United States", ""),
     "KVF_ADO_REGIONS": ("extra regions whose AzureDevOps.<Region> ranges are allowed", ""),
     "KVF_IP_SOURCE": ("api, builtin, or an https URL / file path of a ServiceTags JSON", "api"),
@@ -71,11 +90,55 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "20",
     ),
     "KVF_REPORT_DAYS": ("days a stored run report is kept", str(DEFAULT_REPORT_DAYS)),
+    "KVF_LISTING": (
+        "graph (Resource Graph) or arm (per subscription); empty: graph when a management "
+        "group is in KVF_SUBSCRIPTIONS, else arm",
+        "",
+    ),
+    "KVF_LEASES": ("access leases: off, or entra (pipelines lease a vault with a token)", "off"),
+    "KVF_LEASE_TENANT": ("the Entra tenant id whose tokens lease vaults (KVF_LEASES=entra)", ""),
+    "KVF_LEASE_AUDIENCES": (
+        "comma-separated accepted token audiences: the app id URI and client id",
+        "",
+    ),
+    "KVF_LEASE_TAG": ("name=value a vault must carry to accept leases", DEFAULT_LEASE_TAG),
+    "KVF_LEASE_MAX_MINUTES": (
+        f"longest lease in minutes (at most {MAX_LEASE_MINUTES})",
+        str(DEFAULT_LEASE_MAX_MINUTES),
+    ),
+    "KVF_LEASE_IP_SCOPE": (
+        "azure (a leased address must be in the AzureCloud service tag) or any",
+        "azure",
+    ),
+    "KVF_LEASE_PRINCIPALS": ("comma-separated object ids that may lease any leasable vault", ""),
+    "KVF_LEASE_SCHEDULE": (
+        "expiry timer schedule, NCRONTAB with seconds, in UTC",
+        DEFAULT_LEASE_SCHEDULE,
+    ),
+    "KVF_AGENT_POOLS": (
+        "comma-separated resource ids of Managed DevOps Pools, agent scale sets and GitHub "
+        "network settings whose networks are allowed",
+        "",
+    ),
+    "KVF_DISCOVER_POOLS": (
+        "true: also allow every Managed DevOps Pool of the managed subscriptions",
+        "false",
+    ),
+    "KVF_FIX_SERVICE_ENDPOINTS": (
+        "true: add the Microsoft.KeyVault service endpoint to agent subnets that lack it "
+        "(writing runs in enforce mode only)",
+        "false",
+    ),
+    "KVF_FAN_OUT": (
+        "true: runs over every vault queue their drifted vaults on the state's Storage queue "
+        "kvfirewall-work, reconciled on any instance (Azure Storage state only)",
+        "true",
+    ),
 }
 
 # Read by the Functions host (`%KVF_SCHEDULE%` in the timer binding), not by `Settings`: the
 # host validates it, and a bad schedule must not stop the event and HTTP triggers too.
-HOST_SETTINGS = frozenset({"KVF_SCHEDULE"})
+HOST_SETTINGS = frozenset({"KVF_SCHEDULE", "KVF_LEASE_SCHEDULE"})
 
 
 class SettingsError(ValueError):
@@ -90,6 +153,7 @@ class StateLocation:
     value: str  # directory, connection string, or (identity) the blob service URL
     table_url: str = ""  # identity: the table service URL
     client_id: str = ""  # identity: a user-assigned managed identity's client id
+    queue_url: str = ""  # identity: the queue service URL (where runs fan out)
 
     def describe(self) -> str:
         """A description safe for logs: never the connection string's secrets."""
@@ -105,10 +169,33 @@ class StateLocation:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LeaseSettings:
+    """Access leases: who may open a vault to one address, for minutes (`KVF_LEASE_*`).
+
+    With `mode` off nothing else is read: a deployment that does not lease needs none of it."""
+
+    mode: LeaseMode = "off"
+    tenant: str = ""
+    audiences: tuple[str, ...] = ()
+    authority: str = ""
+    tag: tuple[str, str] = ("kvfirewall-leases", "enabled")
+    max_minutes: int = DEFAULT_LEASE_MAX_MINUTES
+    ip_scope: LeaseIpScope = "azure"
+    principals: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "entra"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Validated configuration of one kvfirewall deployment."""
 
     subscriptions: tuple[str, ...]
+    # Management group ids: each run manages their current descendant subscriptions too.
+    management_groups: tuple[str, ...] = ()
+    listing: Listing = "arm"  # how a run over every vault finds them
     geographies: tuple[str, ...] = ()
     regions: tuple[str, ...] = ()
     ip_source: str = "api"
@@ -123,6 +210,11 @@ class Settings:
     state: StateLocation = StateLocation(kind="local", value=DEFAULT_LOCAL_STATE)
     max_range_loss_percent: float = 20.0
     report_days: int = DEFAULT_REPORT_DAYS
+    leases: LeaseSettings = LeaseSettings()
+    agent_pools: tuple[PoolRef, ...] = ()
+    discover_pools: bool = False
+    fix_service_endpoints: bool = False
+    fan_out: bool = True
 
     @property
     def all_regions(self) -> tuple[str, ...]:
@@ -139,11 +231,14 @@ class Settings:
         def get(name: str) -> str:
             return env.get(name, "").strip()
 
-        subscriptions = tuple(
-            _unique(_parse_subscription(v) for v in _items(get("KVF_SUBSCRIPTIONS")))
-        )
-        if not subscriptions:
-            raise SettingsError("KVF_SUBSCRIPTIONS is required: comma-separated subscription ids")
+        scope = [_parse_scope(v) for v in _items(get("KVF_SUBSCRIPTIONS"))]
+        subscriptions = tuple(_unique(v for kind, v in scope if kind == "subscription"))
+        groups = tuple(_unique((v for kind, v in scope if kind == "group"), key=str.lower))
+        if not scope:
+            raise SettingsError(
+                "KVF_SUBSCRIPTIONS is required: comma-separated subscription ids or "
+                "/providers/Microsoft.Management/managementGroups/<id> entries"
+            )
 
         geographies = tuple(
             _unique(_parse_geography(v) for v in _items(get("KVF_ADO_GEOGRAPHIES")))
@@ -164,16 +259,20 @@ class Settings:
                 for v in _items(get("KVF_EXTRA_IP_RULES"))
             )
         )
-        if not (geographies or regions or subnets or extra):
+        pools = _parse_rule("KVF_AGENT_POOLS", parse_pool_ids, get("KVF_AGENT_POOLS"))
+        discover = _parse_switch("KVF_DISCOVER_POOLS", get("KVF_DISCOVER_POOLS"))
+        if not (geographies or regions or subnets or extra or pools or discover):
             raise SettingsError(
                 "nothing to allow: set at least one of KVF_ADO_GEOGRAPHIES, KVF_ADO_REGIONS, "
-                "KVF_AGENT_SUBNETS or KVF_EXTRA_IP_RULES"
+                "KVF_AGENT_SUBNETS, KVF_EXTRA_IP_RULES, KVF_AGENT_POOLS or KVF_DISCOVER_POOLS"
             )
 
         arm_endpoint = _parse_arm_endpoint(get("KVF_ARM_ENDPOINT") or DEFAULT_ARM_ENDPOINT)
         cloud = defaults_for(arm_endpoint)
         return cls(
             subscriptions=subscriptions,
+            management_groups=groups,
+            listing=_parse_listing(get("KVF_LISTING"), groups=groups),
             geographies=geographies,
             regions=regions,
             ip_source=_parse_ip_source(get("KVF_IP_SOURCE") or "api"),
@@ -192,6 +291,13 @@ class Settings:
             state=_parse_state(env, storage_suffix=cloud.storage_suffix),
             max_range_loss_percent=_parse_percent(get("KVF_MAX_RANGE_LOSS_PERCENT") or "20"),
             report_days=_parse_days(get("KVF_REPORT_DAYS") or str(DEFAULT_REPORT_DAYS)),
+            leases=_parse_leases(get, arm_endpoint),
+            agent_pools=pools,
+            discover_pools=discover,
+            fix_service_endpoints=_parse_switch(
+                "KVF_FIX_SERVICE_ENDPOINTS", get("KVF_FIX_SERVICE_ENDPOINTS")
+            ),
+            fan_out=_parse_switch("KVF_FAN_OUT", get("KVF_FAN_OUT") or "true"),
         )
 
 
@@ -209,10 +315,34 @@ def _unique(values, key=lambda v: v):
             yield value
 
 
-def _parse_subscription(value: str) -> str:
+def _parse_scope(value: str) -> tuple[Literal["subscription", "group"], str]:
+    """A subscription id (lower-cased) or a management group's resource id (its id kept)."""
+    if value.startswith("/"):
+        match = _GROUP_RE.match(value)
+        if not match:
+            raise SettingsError(
+                f"KVF_SUBSCRIPTIONS: {value!r} is not /providers/Microsoft.Management/"
+                "managementGroups/<id> (an id of up to 90 letters, digits, -, _, (, ) or .)"
+            )
+        return "group", match["id"]
     if not SUBSCRIPTION_RE.match(value):
-        raise SettingsError(f"KVF_SUBSCRIPTIONS: {value!r} is not a subscription id (a GUID)")
-    return value.lower()
+        raise SettingsError(
+            f"KVF_SUBSCRIPTIONS: {value!r} is not a subscription id (a GUID) or a management "
+            "group (/providers/Microsoft.Management/managementGroups/<id>)"
+        )
+    return "subscription", value.lower()
+
+
+def _parse_listing(value: str, *, groups: tuple[str, ...]) -> Listing:
+    """Resource Graph answers one query for a whole management group; per-subscription
+    listing needs no more than the vault role. The default follows the scope."""
+    if not value:
+        return "graph" if groups else "arm"
+    listing = value.lower()
+    for known in LISTINGS:
+        if listing == known:
+            return known
+    raise SettingsError(f"KVF_LISTING: {value!r} is not one of {', '.join(LISTINGS)}")
 
 
 def _parse_geography(value: str) -> str:
@@ -277,10 +407,14 @@ def _parse_ip_source(value: str) -> str:
 def _parse_vault_tag(value: str) -> tuple[str, str] | None:
     if not value:
         return None
+    return _parse_tag("KVF_VAULT_TAG", value)
+
+
+def _parse_tag(setting: str, value: str) -> tuple[str, str]:
     name, sep, tag_value = value.partition("=")
     name, tag_value = name.strip(), tag_value.strip()
     if not sep or not name or not _TAG_NAME_RE.match(name):
-        raise SettingsError(f"KVF_VAULT_TAG: {value!r} is not name=value (e.g. kvfirewall=managed)")
+        raise SettingsError(f"{setting}: {value!r} is not name=value (e.g. kvfirewall=managed)")
     return name, tag_value
 
 
@@ -343,6 +477,59 @@ def _parse_days(value: str) -> int:
             f"KVF_REPORT_DAYS: {value!r} is not a whole number of days from 1 to {MAX_REPORT_DAYS}"
         )
     return days
+
+
+def _parse_leases(get: Callable[[str], str], arm_endpoint: str) -> LeaseSettings:
+    """`KVF_LEASE_*`, validated only with `KVF_LEASES=entra`; the authority is azure-identity's
+    own `AZURE_AUTHORITY_HOST`, else that of `KVF_ARM_ENDPOINT`'s cloud."""
+    mode = (get("KVF_LEASES") or "off").lower()
+    if mode == "off":
+        return LeaseSettings()
+    if mode != "entra":
+        raise SettingsError(f"KVF_LEASES: {get('KVF_LEASES')!r} is not off or entra")
+    tenant = get("KVF_LEASE_TENANT")
+    if not tenant:
+        raise SettingsError("KVF_LEASE_TENANT is required with KVF_LEASES=entra: a tenant id")
+    if not SUBSCRIPTION_RE.match(tenant):
+        raise SettingsError(f"KVF_LEASE_TENANT: {tenant!r} is not a tenant id (a GUID)")
+    audiences = tuple(_unique(_items(get("KVF_LEASE_AUDIENCES"))))
+    if not audiences:
+        raise SettingsError(
+            "KVF_LEASE_AUDIENCES is required with KVF_LEASES=entra: the app id URI and client id"
+        )
+    for audience in audiences:
+        if any(c.isspace() for c in audience) or len(audience) > 256:
+            raise SettingsError(f"KVF_LEASE_AUDIENCES: {audience[:80]!r} is not an audience")
+    authority = get("AZURE_AUTHORITY_HOST") or defaults_for(arm_endpoint).authority_host
+    authority = _https_url("AZURE_AUTHORITY_HOST", authority, query_allowed=False).rstrip("/")
+    tag = _parse_tag("KVF_LEASE_TAG", get("KVF_LEASE_TAG") or DEFAULT_LEASE_TAG)
+    text = get("KVF_LEASE_MAX_MINUTES") or str(DEFAULT_LEASE_MAX_MINUTES)
+    minutes = int(text) if text.isascii() and text.isdigit() else 0
+    if not 1 <= minutes <= MAX_LEASE_MINUTES:
+        raise SettingsError(
+            f"KVF_LEASE_MAX_MINUTES: {text!r} is not a whole number of minutes "
+            f"from 1 to {MAX_LEASE_MINUTES}"
+        )
+    scope = (get("KVF_LEASE_IP_SCOPE") or "azure").lower()
+    if scope not in ("azure", "any"):
+        raise SettingsError(
+            f"KVF_LEASE_IP_SCOPE: {get('KVF_LEASE_IP_SCOPE')!r} is not azure or any"
+        )
+    principals = []
+    for value in _items(get("KVF_LEASE_PRINCIPALS")):
+        if not SUBSCRIPTION_RE.match(value):
+            raise SettingsError(f"KVF_LEASE_PRINCIPALS: {value!r} is not an object id (a GUID)")
+        principals.append(value.lower())
+    return LeaseSettings(
+        mode="entra",
+        tenant=tenant.lower(),
+        audiences=audiences,
+        authority=authority,
+        tag=tag,
+        max_minutes=minutes,
+        ip_scope="azure" if scope == "azure" else "any",
+        principals=tuple(_unique(principals)),
+    )
 
 
 def _is_connection_string(value: str) -> bool:
@@ -418,6 +605,7 @@ def _identity_storage(env: Mapping[str, str], storage_suffix: str) -> StateLocat
     account = env.get(prefix + "accountName", "").strip()
     blob = env.get(prefix + "blobServiceUri", "").strip()
     table = env.get(prefix + "tableServiceUri", "").strip()
+    queue = env.get(prefix + "queueServiceUri", "").strip()
     client_id = env.get(prefix + "clientId", "").strip()
     if not (account or blob):
         return None
@@ -426,13 +614,18 @@ def _identity_storage(env: Mapping[str, str], storage_suffix: str) -> StateLocat
             raise SettingsError(f"{prefix}accountName: {account!r} is not a storage account name")
         blob = blob or f"https://{account}.blob.{storage_suffix}"
         table = table or f"https://{account}.table.{storage_suffix}"
+        queue = queue or f"https://{account}.queue.{storage_suffix}"
     for name, url in (("blobServiceUri", blob), ("tableServiceUri", table)):
         if not url:
             raise SettingsError(f"{prefix}{name}: required for the kvfirewall ledger")
         _https_url(prefix + name, url, query_allowed=False)
     if client_id and not SUBSCRIPTION_RE.match(client_id):
         raise SettingsError(f"{prefix}clientId: {client_id!r} is not a client id (a GUID)")
-    return StateLocation(kind="identity", value=blob, table_url=table, client_id=client_id)
+    if queue:
+        _https_url(prefix + "queueServiceUri", queue, query_allowed=False)
+    return StateLocation(
+        kind="identity", value=blob, table_url=table, client_id=client_id, queue_url=queue
+    )
 
 
 def redact_url(url: str) -> str:

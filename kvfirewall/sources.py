@@ -22,7 +22,7 @@ from kvfirewall.errors import one_line
 from kvfirewall.ranges import RangeSourceError, Snapshot, parse_service_tags
 from kvfirewall.settings import redact_url
 
-BUILTIN_FILE = "ServiceTags_Public_20251028.AzureDevOps-only.json"
+BUILTIN_FILE = "ServiceTags_Public_20251028.AzureDevOps-and-AzureCloud-europe.json"
 MAX_DOCUMENT_BYTES = 32 * 1024 * 1024  # weekly public files are ~5 MiB and growing
 TIMEOUT = (5, 30)  # connect, read (seconds), per request and per chunk
 DOWNLOAD_SECONDS = 120.0  # a whole download, redirects included

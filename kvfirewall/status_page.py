@@ -276,7 +276,7 @@ def _vaults(status: Status, links: _Links) -> list[str]:
 def _vault_row(v: VaultRow) -> str:
     ours = sum(r.owner == "kvfirewall" and r.change != "removed" for r in v.rules)
     others = sum(r.owner == "others" for r in v.rules)
-    summary = f"{ours} kvfirewall, {others} others"
+    summary = f"{ours} kvfirewall's, {others} someone else's"
     if v.rules:
         items = "".join(
             f"<li>{_text(r.rule)} <span class=muted>— {r.owner}, "

@@ -1,11 +1,7 @@
 """The Azure Resource Manager adapter: list, read and PATCH vaults; read service tags.
 
-Thin on purpose: it sends the REST calls through one azure-core pipeline, turns their JSON
-into `VaultState` and counts calls. The pipeline holds only what these calls use (a request
-id, the user agent, the bearer token, the counting and pacing policy): the management SDK's
-default pipeline (redirects, retries, logging, tracing, provider registration) and its models
-cost more CPU than the rest of a vault's reconcile, and none of it applies. No call uses
-azure-core's retry. Writes cannot: azure-core would retry a PATCH only on 500/503/504 or
+Thin on purpose: it turns SDK objects into `VaultState` and back and counts calls. No call
+uses azure-core's retry. Writes cannot: azure-core would retry a PATCH only on 500/503/504 or
 with Retry-After, and would re-send the same body; Key Vault answers overlapping writes with
 409 ("serialize the operations"), after which the vault must be read again. So a write is one
 attempt that says whether it may be retried, and `Backoff` paces the caller's retries. Reads
@@ -19,19 +15,16 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from typing import TypeVar
+from urllib.parse import urlsplit
 
 from azure.core.exceptions import (
-    ClientAuthenticationError,
     HttpResponseError,
-    ResourceExistsError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
-    map_error,
 )
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
@@ -44,9 +37,6 @@ from kvfirewall.transport import OutOfTime, shared_transport
 __all__ = ["Arm", "Backoff", "CallCounts", "OutOfTime", "WriteFailed", "to_state", "token_scope"]
 
 SERVICE_TAGS_API_VERSION = "2024-05-01"
-VAULTS_API_VERSION = "2026-05-15"  # the latest stable Microsoft.KeyVault API
-# Answers raised as their own azure-core errors, as the management SDK maps them.
-ERROR_MAP = {401: ClientAuthenticationError, 404: ResourceNotFoundError, 409: ResourceExistsError}
 MAX_TAG_PAGES = 100  # Discovery API pages followed; the whole catalog is a few
 RETRYABLE_READ_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 READ_RETRY_SECONDS = 60.0
@@ -163,7 +153,7 @@ class _CountingPolicy(SansIOHTTPPolicy):
 
     def on_request(self, request) -> None:
         with self._lock:
-            if request.http_request.method.upper() in ("GET", "HEAD"):
+            if _is_read(request.http_request):
                 self._counts.reads += 1
             else:
                 self._counts.writes += 1
@@ -185,6 +175,15 @@ class _CountingPolicy(SansIOHTTPPolicy):
             )
             if shared.isdigit():
                 self._pacer(parts[2].lower(), f"{SHARED}-{kind}").observe(int(shared), None)
+
+
+def _is_read(request) -> bool:
+    """GET and HEAD, and a Resource Graph query: a POST that changes nothing."""
+    method = request.method.upper()
+    if method == "POST":
+        path = urlsplit(request.url).path.rstrip("/").lower()
+        return path.endswith("/providers/microsoft.resourcegraph/resources")
+    return method in ("GET", "HEAD")
 
 
 class WriteFailed(Exception):
@@ -274,7 +273,7 @@ class Arm:
         self._clock = clock
         self._deadline = None if budget_seconds is None else clock() + budget_seconds
         self._lock = threading.Lock()
-        self._pipeline = None
+        self._clients: dict = {}
         self._pacers: dict[tuple[str, str], _Pacer] = {}
 
     def _pacer(self, subscription: str, kind: str) -> _Pacer:
@@ -312,81 +311,85 @@ class Arm:
                 return
             self._sleep(wait)
 
-    def _client(self):
-        """The pipeline every call of this `Arm` goes through (the bearer policy caches the
-        token), built at the first call."""
-        if self._pipeline is not None:
-            return self._pipeline
+    def _client(self, subscription: str):
         with self._lock:
-            if self._pipeline is None:
-                from azure.core import PipelineClient
-                from azure.core.pipeline.policies import RequestIdPolicy, UserAgentPolicy
-                from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy
+            client = self._clients.get(subscription)
+            if client is None:
+                from azure.mgmt.keyvault import KeyVaultManagementClient
 
-                self._pipeline = PipelineClient(
+                client = KeyVaultManagementClient(
+                    self._credential,
+                    subscription,
                     base_url=self.endpoint,
-                    policies=[
-                        RequestIdPolicy(),
-                        UserAgentPolicy(user_agent=USER_AGENT),
-                        ARMChallengeAuthenticationPolicy(
-                            self._credential, token_scope(self.endpoint)
-                        ),
-                        _CountingPolicy(self.counts, self._lock, self._pacer),
-                    ],
+                    credential_scopes=[token_scope(self.endpoint)],
+                    per_retry_policies=[_CountingPolicy(self.counts, self._lock, self._pacer)],
+                    user_agent=USER_AGENT,
                     transport=shared_transport(),
                 )
-            return self._pipeline
+                self._clients[subscription] = client
+            return client
 
-    def _call(
-        self, method: str, url: str, *, ok: tuple[int, ...] = (200,), body: Any = None, **options
-    ) -> dict:
-        """One request's JSON answer; an error answer raises as the management SDK raises it
-        (`ResourceNotFoundError` for 404, ..., else `HttpResponseError`, with ARM's code and
-        message)."""
-        from azure.core.rest import HttpRequest
-        from azure.mgmt.core.exceptions import ARMErrorFormat
+    def tenant_client(self, client_class: type, *policies: SansIOHTTPPolicy):
+        """An SDK client of a tenant-level API (management groups, Resource Graph), one per
+        class, with this Arm's credential, transport and call counts, plus `policies`."""
+        with self._lock:
+            client = self._clients.get(client_class)
+            if client is None:
+                client = client_class(
+                    self._credential,
+                    base_url=self.endpoint,
+                    credential_scopes=[token_scope(self.endpoint)],
+                    per_retry_policies=[
+                        _CountingPolicy(self.counts, self._lock, self._pacer),
+                        *policies,
+                    ],
+                    user_agent=USER_AGENT,
+                    transport=shared_transport(),
+                )
+                self._clients[client_class] = client
+            return client
 
-        request = HttpRequest(method, url, json=body)
-        response = self._client().send_request(request, **options)
-        if response.status_code not in ok:
-            map_error(status_code=response.status_code, response=response, error_map=ERROR_MAP)
-            raise HttpResponseError(response=response, error_format=ARMErrorFormat)
-        return response.json()
+    def tenant_read(self, call: Callable[..., T]) -> T:
+        """One read outside any subscription's quota, retried like every read."""
+        return self._read(None, call)
 
-    def _url(self, subscription: str, path: str, api_version: str = VAULTS_API_VERSION) -> str:
-        return (
-            f"{self.endpoint}/subscriptions/{quote(subscription, safe='')}{path}"
-            f"?api-version={api_version}"
-        )
+    def now(self) -> float:
+        """This Arm's clock (monotonic seconds)."""
+        return self._clock()
 
-    def _vault_url(self, ref: VaultRef) -> str:
-        return self._url(
-            ref.subscription,
-            f"/resourceGroups/{quote(ref.resource_group, safe='')}"
-            f"/providers/Microsoft.KeyVault/vaults/{quote(ref.name, safe='')}",
-        )
+    def pause(self, seconds: float) -> bool:
+        """Sleep, unless that would pass the time budget (False, and no sleep)."""
+        remaining = self.remaining()
+        if remaining is not None and seconds > remaining:
+            return False
+        self._sleep(seconds)
+        return True
 
     def list_vaults(
         self, subscription: str, *, reserve_seconds: float = 0.0
     ) -> Iterator[VaultState]:
-        """Every vault of a subscription, page by page (list results carry networkAcls),
-        following each `nextLink` as Resource Manager wrote it.
+        """Every vault of a subscription, page by page (list results carry networkAcls).
 
         Each page is one `_read`: retried on its own under the budget, so a throttled page
         repeats no page before it and never sleeps past the deadline. No page is fetched with
         less than `reserve_seconds` of the budget left (`OutOfTime`): the caller could not
         reconcile its vaults anyway."""
-        url: str | None = self._url(subscription, "/providers/Microsoft.KeyVault/vaults")
-        while url:
+        vaults = self._client(subscription).vaults
+        token: str | None = None
+        while True:
             remaining = self.remaining()
             if remaining is not None and remaining < reserve_seconds:
                 raise OutOfTime(f"listing {subscription} stopped: the time budget is spent")
-            page = self._read(subscription, lambda url=url, **kw: self._call("GET", url, **kw))
-            for vault in page.get("value") or ():
+
+            def page(token=token, **options) -> tuple[list, str | None]:
+                pages = vaults.list_by_subscription(**options).by_page(continuation_token=token)
+                return list(next(pages)), pages.continuation_token
+
+            items, token = self._read(subscription, page)
+            for vault in items:
                 yield to_state(vault)
-            url = page.get("nextLink")
-            if url and not _same_origin(url, self.endpoint):  # the token goes only to ARM
-                raise ValueError(f"vault list nextLink leaves {self.endpoint}: {url[:200]}")
+            if not token:
+                return
 
     def remaining(self) -> float | None:
         """Seconds left of the time budget, or None without one."""
@@ -406,13 +409,16 @@ class Arm:
         budget = seconds if remaining is None else max(0.0, min(seconds, remaining))
         return Backoff(budget, sleep=self._sleep, clock=self._clock)
 
-    def _read(self, subscription: str, call: Callable[..., T]) -> T:
-        """One read, paced and retried on throttling, server errors and transport failures."""
+    def _read(self, subscription: str | None, call: Callable[..., T]) -> T:
+        """One read, paced (by the subscription's quota, if it has one) and retried on
+        throttling, server errors and transport failures."""
         backoff = self._backoff(READ_RETRY_SECONDS)
         while True:
-            self._pace(subscription, "reads")
+            if subscription is not None:
+                self._pace(subscription, "reads")
             try:
                 return call(
+                    retry_total=0,
                     connection_timeout=self._timeout(CONNECT_TIMEOUT),
                     read_timeout=self._timeout(READ_TIMEOUT),
                 )
@@ -427,26 +433,32 @@ class Arm:
 
     def get_vault(self, ref: VaultRef) -> VaultState | None:
         """A fresh read of one vault, or None if it does not exist (any more)."""
-        url = self._vault_url(ref)
+        document = self.get_vault_document(ref)
+        return None if document is None else state_of(document)
+
+    def get_vault_document(self, ref: VaultRef) -> dict | None:
+        """A fresh read of one vault as Resource Manager's JSON (camelCase), access policies
+        and all; None if it does not exist (any more)."""
+        vaults = self._client(ref.subscription).vaults
         try:
-            vault = self._read(ref.subscription, lambda **kw: self._call("GET", url, **kw))
+            vault = self._read(
+                ref.subscription, lambda **kw: vaults.get(ref.resource_group, ref.name, **kw)
+            )
         except ResourceNotFoundError:
             return None
-        return to_state(vault)
+        return vault.as_dict()
 
     def get_deleted_vault(self, ref: VaultRef, location: str) -> DeletedVault | None:
         """The soft-deleted vault of this id in `location`, or None once it is purged (or
         is not a deleted vault: recovered, or never deleted)."""
-        url = self._url(
-            ref.subscription,
-            f"/providers/Microsoft.KeyVault/locations/{quote(location, safe='')}"
-            f"/deletedVaults/{quote(ref.name, safe='')}",
-        )
+        vaults = self._client(ref.subscription).vaults
         try:
-            deleted = self._read(ref.subscription, lambda **kw: self._call("GET", url, **kw))
+            deleted = self._read(
+                ref.subscription, lambda **kw: vaults.get_deleted(ref.name, location, **kw)
+            )
         except ResourceNotFoundError:
             return None
-        properties = deleted.get("properties") or {}
+        properties = deleted.as_dict().get("properties") or {}
         if str(properties.get("vaultId", "")).lower() != ref.id.lower():
             return None  # a deleted vault of that name in another resource group
         return DeletedVault(
@@ -464,16 +476,17 @@ class Arm:
         re-send this body, because the vault may have changed meanwhile (a 409 means someone
         else is writing it). The caller re-reads, re-plans and paces with `write_backoff()`.
         """
+        client = self._client(ref.subscription)
         properties: dict = {"networkAcls": network_acls}
         if public_network_access is not None:
             properties["publicNetworkAccess"] = public_network_access
         body = {"properties": properties}
         try:
-            vault = self._call(
-                "PATCH",
-                self._vault_url(ref),
-                ok=(200, 201),
-                body=body,
+            vault = client.vaults.update(
+                ref.resource_group,
+                ref.name,
+                body,
+                retry_total=0,
                 connection_timeout=self._timeout(CONNECT_TIMEOUT),
                 read_timeout=self._timeout(WRITE_TIMEOUT),
             )
@@ -505,15 +518,19 @@ class Arm:
         """The Service Tag Discovery API document, through the first managed subscription:
         every page of it (`nextLink`), as one document, or an error. A page that fails fails
         the whole document: a partial one would look like ranges removed."""
+        from azure.core.rest import HttpRequest
+
         subscription = self.subscriptions[0]
-        url = self._url(
-            subscription,
-            f"/providers/Microsoft.Network/locations/{location}/serviceTags",
-            SERVICE_TAGS_API_VERSION,
+        url = (
+            f"{self.endpoint}/subscriptions/{subscription}/providers/Microsoft.Network"
+            f"/locations/{location}/serviceTags?api-version={SERVICE_TAGS_API_VERSION}"
         )
+        client = self._client(subscription)
 
         def call(url: str = url, **options) -> dict:
-            return self._call("GET", url, **options)
+            response = client.send_request(HttpRequest("GET", url), **options)
+            response.raise_for_status()
+            return response.json()
 
         document = self._read(subscription, call)
         values = list(document.get("values") or [])
@@ -556,8 +573,13 @@ def _describe(exc: Exception) -> str:
     return f"HTTP {exc.status_code} {code}: {message}"[:500]
 
 
-def to_state(data: Mapping) -> VaultState:
-    """A `Vault` as Resource Manager answers it (REST JSON) as a `VaultState`."""
+def to_state(vault) -> VaultState:
+    """An SDK `Vault` (a camelCase mapping since azure-mgmt-keyvault 13) as a `VaultState`."""
+    return state_of(vault.as_dict())
+
+
+def state_of(data: dict) -> VaultState:
+    """A vault's JSON as a `VaultState`."""
     properties = data.get("properties") or {}
     return VaultState(
         id=data["id"],

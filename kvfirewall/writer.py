@@ -81,8 +81,17 @@ class VaultWorker:
         source_version: str,
         in_scope: Callable[[VaultState], bool],
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        reread: Callable[[], Desired] | None = None,
+        reserve_scale: float = 1.0,
     ) -> None:
+        """`reread`: the desired set read again under a vault's lease, before its write
+        (active access leases change while a run goes on: a lease granted after the run read
+        them must not lose its rule to the run's older view). `reserve_scale`:
+        VAULT_RESERVE_SECONDS is sized for an HTTP request's budget; a run with a shorter one
+        (every vault within an event) scales it down in proportion."""
+        self.reserve_scale = reserve_scale
         self.now = now
+        self.reread = reread
         self.source_version = source_version
         self.in_scope = in_scope
         self.settings = settings
@@ -106,7 +115,8 @@ class VaultWorker:
     def in_budget(self, state: VaultState) -> VaultResult:
         """A listed vault, unless the run's time budget is (nearly) spent."""
         remaining = self.arm.remaining()
-        if remaining is not None and remaining < VAULT_RESERVE_SECONDS:
+        reserve = VAULT_RESERVE_SECONDS * self.reserve_scale
+        if remaining is not None and remaining < reserve:
             return VaultResult(id=state.id, outcome="skipped", reason=NOT_REACHED)
         return self.listed(state)
 
@@ -115,6 +125,35 @@ class VaultWorker:
             result = self._reconcile(state)
         except Exception as exc:  # one vault's failure never stops the others
             result = _failed(state.id, exc)
+        return self._logged(state.id, result)
+
+    def triage(self, state: VaultState) -> VaultResult | None:
+        """A listed vault's result if planning on its listed state writes nothing (most
+        vaults, most runs); None if it needs its lease and a write, which a fanned-out run
+        leaves to `queued` in another invocation."""
+        try:
+            result = self._without_write(state)[1]
+        except Exception as exc:
+            result = _failed(state.id, exc)
+        return None if result is None else self._logged(state.id, result)
+
+    def queued(self, ref: VaultRef) -> VaultResult:
+        """A vault a run found drifted and queued: straight to its lease and the fresh read
+        under it (no read before: the listing was one). If another delivery or run has
+        fixed it meanwhile, that read shows it compliant and nothing is written."""
+        remaining = self.arm.remaining()
+        if remaining is not None and remaining < VAULT_RESERVE_SECONDS:
+            return VaultResult(id=ref.id, outcome="skipped", reason=NOT_REACHED)
+        try:
+            with self.store.lease(ref.key, wait_seconds=self._lease_wait()) as lease:
+                result = self._write(ref, lease)
+        except LeaseBusy as exc:
+            result = _busy(ref.id, exc)
+        except Exception as exc:
+            result = _failed(ref.id, exc)
+        return self._logged(ref.id, result)
+
+    def _logged(self, vault_id: str, result: VaultResult) -> VaultResult:
         # Changes and failures at INFO/WARNING; the steady state (most vaults, most runs)
         # at DEBUG, so that hourly runs over thousands of vaults log only what matters.
         level = _LOG_LEVELS.get(result.outcome, logging.DEBUG)
@@ -124,33 +163,40 @@ class VaultWorker:
             level,
             "kvfirewall vault outcome=%s id=%s source=%s: %s",
             result.outcome,
-            state.id,
+            vault_id,
             self.source_version,
             result.error or result.reason,
             extra={
-                "kvf_vault_id": state.id,
+                "kvf_vault_id": vault_id,
                 "kvf_outcome": result.outcome,
                 "kvf_source_version": self.source_version,
             },
         )
         return result
 
-    def _plan(self, state: VaultState, entry: LedgerEntry) -> Plan:
+    def _plan(self, state: VaultState, entry: LedgerEntry, desired: Desired | None = None) -> Plan:
         return plan_vault(
             state,
             entry,
-            self.desired,
+            (desired or self.desired).for_vault(state.id),
             lock_open=self.settings.lock_open_vaults,
             enable_disabled=self.settings.enable_disabled_vaults,
         )
 
-    def _reconcile(self, state: VaultState) -> VaultResult:
+    def _without_write(self, state: VaultState) -> tuple[VaultRef, VaultResult | None]:
+        """Plan on the listed state: the result if that writes nothing, else None."""
         ref = parse_vault_id(state.id)
         stored = self.store.read_entry(ref.key)
         entry = _settled(stored, state)
         plan = self._plan(state, entry)
-        if not (self.write and _writes(plan, entry, stored)):
-            return self._settle(plan, entry, ref, stored)  # writes nothing
+        if self.write and _writes(plan, entry, stored):
+            return ref, None
+        return ref, self._settle(plan, entry, ref, stored)  # writes nothing
+
+    def _reconcile(self, state: VaultState) -> VaultResult:
+        ref, settled = self._without_write(state)
+        if settled is not None:
+            return settled
         try:
             with self.store.lease(ref.key, wait_seconds=self._lease_wait()) as lease:
                 return self._write(ref, lease)
@@ -174,9 +220,10 @@ class VaultWorker:
         attempt = _Attempt(entry=stored, stored=stored)
         backoff = self.arm.write_backoff()
         rereads = STALE_REREADS
+        desired = self.reread() if self.reread is not None else self.desired
         while True:
             try:
-                result = self._attempt(ref, lease, attempt, backoff)
+                result = self._attempt(ref, lease, attempt, backoff, desired)
             except StaleEntry:
                 # Another holder wrote the entry (this lease ran out unnoticed): nothing was
                 # overwritten. Read it again and plan again, still claiming what our own
@@ -191,7 +238,7 @@ class VaultWorker:
                 return result
 
     def _attempt(
-        self, ref: VaultRef, lease: Lease, attempt: _Attempt, backoff: Backoff
+        self, ref: VaultRef, lease: Lease, attempt: _Attempt, backoff: Backoff, desired: Desired
     ) -> VaultResult | None:
         """One pass of the protocol from a fresh read: the result, or None to go again."""
         # Wait for the subscription's write quota first, so that the read below is as
@@ -203,7 +250,7 @@ class VaultWorker:
         if not self.in_scope(state):
             return VaultResult(id=state.id, outcome="skipped", reason="left scope meanwhile")
         attempt.entry = _settled(attempt.entry, state)
-        plan = self._plan(state, attempt.entry)
+        plan = self._plan(state, attempt.entry, desired)
         if plan.action != "write":
             result = self._settle(plan, attempt.entry, ref, attempt.stored, lease)
             if attempt.landed is not None and result.outcome == "unchanged":  # it had landed

@@ -62,7 +62,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A running Azurite (blob + table, in memory); yields its connection string."""
+    """A running Azurite (blob, queue and table, in memory); yields its connection string."""
     if not AZURITE_BIN.exists():
         pytest.fail("Azurite is not installed: run `npm ci` (scripts/test does it)")
     blob, queue, table = _free_port(), _free_port(), _free_port()
@@ -92,7 +92,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
-    for port in (blob, table):
+    for port in (blob, queue, table):
         while True:
             with socket.socket() as sock:
                 if sock.connect_ex(("127.0.0.1", port)) == 0:
@@ -106,6 +106,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         f"AccountKey={AZURITE_KEY};"
         f"BlobEndpoint=http://127.0.0.1:{blob}/devstoreaccount1;"
         f"TableEndpoint=http://127.0.0.1:{table}/devstoreaccount1;"
+        f"QueueEndpoint=http://127.0.0.1:{queue}/devstoreaccount1;"
     )
     process.kill()  # in-memory: nothing to flush, and Azurite is slow to honour SIGTERM
     process.wait(timeout=10)

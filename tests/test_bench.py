@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_benchmark_runs_every_phase_and_the_rerun_writes_nothing():
     result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick"],
+        [sys.executable, "-m", "bench.run", "--quick", "--graph"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -24,7 +24,7 @@ def test_the_benchmark_runs_every_phase_and_the_rerun_writes_nothing():
         row["phase"]: row
         for row in map(json.loads, (x for x in result.stdout.splitlines() if x.startswith("{")))
     }
-    assert list(rows) == ["full", "rerun", "event", "event-drift"]
+    assert list(rows) == ["full", "rerun", "graph-rerun", "event", "event-drift"]
     for row in rows.values():
         for field in ("seconds", "reads", "writes", "throttledClient", "throttledEmulator"):
             assert isinstance(row[field], (int, float)), field
@@ -36,6 +36,10 @@ def test_the_benchmark_runs_every_phase_and_the_rerun_writes_nothing():
     assert rerun["counts"] == {"unchanged": 20}
     assert rerun["writes"] == rerun["emulatorWrites"] == 0
     assert rerun["reads"] <= rerun["listPages"] + rerun["subscriptions"]
+    # Listed through Resource Graph: one query and the Discovery API, no vault read.
+    graph = rows["graph-rerun"]
+    assert graph["counts"] == {"unchanged": 20} and graph["writes"] == 0
+    assert graph["reads"] == 2 and graph["emulatorReads"] == 1
     assert (rows["event"]["reads"], rows["event"]["writes"]) == (1, 0)
     # The event's read; under the vault's lease a fresh read, the write and its check.
     assert (rows["event-drift"]["reads"], rows["event-drift"]["writes"]) == (3, 1)

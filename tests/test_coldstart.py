@@ -75,10 +75,16 @@ def test_importing_the_function_app_reads_no_setting_and_loads_no_sdk():
     assert out["loaded"] == []
     assert out["threads"] == 0
     assert out["functions"] == [
+        "expire_leases",
+        "lease_grant_http",
+        "lease_release_http",
+        "leases_http",
         "plan_http",
         "ranges_http",
         "reconcile_event",
         "reconcile_http",
+        "reconcile_poison",
+        "reconcile_queue",
         "reconcile_timer",
         "runs_http",
         "status_http",

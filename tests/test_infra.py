@@ -18,7 +18,7 @@ import pathspec
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from kvfirewall.events import VAULT_WRITE_OPERATION, WRITE_SUCCESS
+from kvfirewall.events import POOL_WRITE_OPERATIONS, VAULT_WRITE_OPERATION, WRITE_SUCCESS
 from kvfirewall.settings import DEFAULT_ARM_ENDPOINT, DEFAULT_SCHEDULE, SETTINGS, Settings
 from tests.armschema import parameters_errors, template_errors
 
@@ -121,7 +121,7 @@ def test_funcignore_publishes_the_app_and_nothing_else():
     app = ("function_app.py", "host.json", "requirements.txt", "functions/", "kvfirewall/")
     assert kept == {path for path in tracked if path.startswith(app)}
     assert {
-        "kvfirewall/data/ServiceTags_Public_20251028.AzureDevOps-only.json",
+        "kvfirewall/data/ServiceTags_Public_20251028.AzureDevOps-and-AzureCloud-europe.json",
         "kvfirewall/settings.py",
         "functions/event_grid.py",
     } <= kept
@@ -141,6 +141,7 @@ ARM_FUNCTIONS = {
     "filter", "format", "guid", "if", "join", "lambda", "lambdaVariables", "length", "map", "not",
     "parameters", "reference", "replace", "resourceGroup", "resourceId", "split", "subscription",
     "subscriptionResourceId", "toLower", "trim", "union", "uniqueString", "variables",
+    "and", "concat", "startsWith",
 }  # fmt: skip
 BUILTIN_ROLES = {
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
@@ -366,7 +367,10 @@ def test_every_kvf_setting_is_an_app_setting_with_the_code_default():
         if name != "KVF_SUBSCRIPTIONS":  # the list the roles and topics are made for
             assert passed[name]["value"] == f"[parameters('{name}')]"
     assert root["KVF_SCHEDULE"]["defaultValue"] == DEFAULT_SCHEDULE
-    assert passed["KVF_SUBSCRIPTIONS"]["value"] == "[join(variables('managedSubscriptions'), ',')]"
+    # The named subscriptions (or the deployment's), then the management groups as given.
+    assert passed["KVF_SUBSCRIPTIONS"]["value"] == (
+        "[join(concat(variables('managedSubscriptions'), variables('managementGroupEntries')), ',')]"
+    )
 
 
 def test_the_example_parameters_are_declared_and_valid_settings():
@@ -520,7 +524,7 @@ def test_vault_writes_reach_the_event_grid_function_with_retries_and_dead_letter
             {
                 "operatorType": "StringIn",
                 "key": "data.operationName",
-                "values": [VAULT_WRITE_OPERATION],
+                "values": [VAULT_WRITE_OPERATION, *POOL_WRITE_OPERATIONS],
             }
         ],
     }
@@ -565,7 +569,7 @@ def readme_actions(marker: str) -> list[str]:
     readme = (ROOT / "README.md").read_text()
     after = readme[readme.index(marker) :].split("\n\n")[1:]
     block = next(part for part in after if part.startswith(("|", "- ")))
-    return re.findall(r"^(?:\| |- )`(Microsoft\.[\w./]+)`", block, flags=re.M)
+    return re.findall(r"^(?:\| |- )`((?:Microsoft|GitHub)\.[\w./]+)`", block, flags=re.M)
 
 
 def test_custom_roles_allow_exactly_the_documented_actions():
@@ -576,6 +580,9 @@ def test_custom_roles_allow_exactly_the_documented_actions():
     documented = {
         "kvfirewall operator": "**Least privilege.**",
         "kvfirewall subnet joiner": "`kvfirewall subnet joiner (<subscription id>)` allows exactly:",
+        "kvfirewall subnet endpoint writer": (
+            "`kvfirewall subnet endpoint writer (<subscription id>)` allows exactly:"
+        ),
     }
     for role, marker in documented.items():
         [definition] = [r for _, r in definitions if f"'{role} (" in r["properties"]["roleName"]]
@@ -592,7 +599,22 @@ def test_custom_roles_allow_exactly_the_documented_actions():
         "Microsoft.KeyVault/vaults/write",
         "Microsoft.KeyVault/locations/deletedVaults/read",
         "Microsoft.Network/locations/serviceTags/read",
+        # Access leases: who may read a vault's secrets (Resource Manager resolves groups).
+        "Microsoft.Authorization/roleAssignments/read",
+        "Microsoft.Authorization/roleDefinitions/read",
+        "Microsoft.DevOpsInfrastructure/pools/read",
+        "Microsoft.Compute/virtualMachineScaleSets/read",
+        "GitHub.Network/networkSettings/read",
+        "Microsoft.Network/virtualNetworks/subnets/read",
     }
+    # Rewriting subnets is opt-in: its role exists only when the deployment asks for it.
+    [(_, writer)] = [
+        (lvl, r)
+        for lvl, r in definitions
+        if "subnet endpoint writer" in r["properties"]["roleName"]
+    ]
+    assert writer["condition"] == "[parameters('createServiceEndpointRole')]"
+    assert load()["parameters"]["createServiceEndpointRole"]["defaultValue"] is False
 
 
 def readme_section(heading: str) -> str:
@@ -608,7 +630,9 @@ def test_no_role_the_readme_creates_by_hand_has_a_name_the_template_gives():
     subscription = "6f1c2a8e-4b7d-4c1e-9a53-2d8e0f4b7a10"
     readme = (ROOT / "README.md").read_text()
     by_hand = re.findall(r'\\?"Name\\?": \\?"([^"\\]+)', readme)
-    assert len(by_hand) == 2  # the operator role (Security) and the subnet joiner (Permissions)
+    # The operator role (Security), the subnet joiner (Permissions) and the operator role of a
+    # management group (Scope by management group).
+    assert len(by_hand) == 3
     template_names = []
     for _, definition in resources("Microsoft.Authorization/roleDefinitions"):
         pattern = arguments(definition["properties"]["roleName"], "format")[0].strip("'")

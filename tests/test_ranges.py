@@ -281,3 +281,53 @@ def test_prefixes_wider_than_any_azure_devops_range_are_dropped():
 def test_a_stored_snapshot_is_validated_like_a_download(tampered, refusal):
     with pytest.raises(ValueError, match=refusal):
         Snapshot.from_json(tampered)
+
+
+# ---- the AzureCloud tag (access leases check addresses against it) ------------------------
+
+CLOUD_EUROPE = json.loads(
+    (FIXTURES / "ServiceTags_Public_20251028.AzureDevOps-and-AzureCloud-europe.json").read_text()
+)
+
+
+def cloud_ipv4(document: dict) -> set[IPv4Network]:
+    return {
+        IPv4Network(p)
+        for v in document["values"]
+        if v["name"].startswith("AzureCloud.")
+        for p in v["properties"]["addressPrefixes"]
+        if ":" not in p
+    }
+
+
+def test_the_azure_cloud_tag_is_parsed_beside_the_azure_devops_ranges():
+    snap = parse_service_tags(CLOUD_EUROPE, source="file")
+    assert snap.prefixes == ado_ipv4(CLOUD_EUROPE)  # the AzureDevOps ranges are unchanged
+    assert set(snap.azure_cloud) == cloud_ipv4(CLOUD_EUROPE) and len(snap.azure_cloud) == 944
+    assert builtin_snapshot().azure_cloud == snap.azure_cloud
+    inside = next(iter(cloud_ipv4(CLOUD_EUROPE))).network_address + 1
+    assert snap.in_azure_cloud(inside)
+    assert not snap.in_azure_cloud(IPv4Network("20.1.2.3/32").network_address)
+    assert Snapshot.from_json(json.loads(json.dumps(snap.to_json()))) == snap
+
+
+def test_the_global_azure_cloud_tag_wins_over_its_regions():
+    doc = copy.deepcopy(CLOUD_EUROPE)
+    doc["values"].append(
+        {"name": "AzureCloud", "id": "AzureCloud",
+         "properties": {"changeNumber": 1, "region": "", "addressPrefixes": ["4.0.0.0/11", "1.0.0.0/8"]}}
+    )  # fmt: skip
+    snap = parse_service_tags(doc, source="file")
+    assert snap.azure_cloud == (IPv4Network("4.0.0.0/11"),)  # a /8 is a broken source
+    assert any("wider than /10" in w for w in snap.warnings)
+
+
+def test_with_leases_a_source_without_azure_cloud_is_refused():
+    last = builtin_snapshot()
+    fresh = edited(OCTOBER, version=9)  # no AzureCloud tag at all
+    kept = choose_snapshot(fresh, error=None, last_good=last, builtin=last,
+                           regions=("westeurope",), max_loss_percent=20, azure_cloud=True)  # fmt: skip
+    assert kept.snapshot is last and "no IPv4 prefixes for AzureCloud" in kept.warnings[-1]
+    taken = choose_snapshot(fresh, error=None, last_good=last, builtin=last,
+                            regions=("westeurope",), max_loss_percent=20)  # fmt: skip
+    assert taken.snapshot is fresh  # without leases, AzureCloud is not needed

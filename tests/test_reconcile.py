@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import json
 import threading
-from datetime import datetime
+from datetime import datetime, timezone
 from ipaddress import IPv4Network, ip_network
 from pathlib import Path
 
@@ -19,8 +19,9 @@ from kvfirewall.ledger import LedgerEntry, LocalStore, open_store
 from kvfirewall.reconcile import reconcile
 from kvfirewall.rules import parse_vault_id
 from kvfirewall.settings import Settings
-from kvfirewall.vaults import Arm, WriteFailed
+from kvfirewall.vaults import Arm, DeletedVault, WriteFailed
 from kvfirewall.writer import same_instant
+from tests.test_vaults import FakeTime
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OCTOBER = json.loads((FIXTURES / "ServiceTags_Public_20251028.AzureDevOps-only.json").read_text())
@@ -880,3 +881,39 @@ def test_a_ledger_entry_written_by_another_holder_is_not_overwritten_and_the_run
     emulator.set_service_tags(weu_moved())
     run(vault=estate["bare"])
     assert WEU not in nets(emulator, estate["bare"])  # and so it is removed when Azure drops it
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(403, False), (503, True)])
+def test_a_subscription_that_cannot_be_listed_is_retryable_only_for_a_transient_reason(
+    emulator, estate, run, status, retryable
+):
+    """403 (the role is not assigned there) fails the same way next time; 503 may not."""
+    emulator.fail(
+        "GET", f"/subscriptions/{SUB_B}/providers/Microsoft.KeyVault/vaults$", status, times=1000
+    )
+    fake = FakeTime()  # the 503s are retried for a minute of the adapter's own clock
+    arm = Arm(
+        endpoint=emulator.url, subscriptions=(SUB_A, SUB_B), sleep=fake.sleep, clock=fake.clock
+    )
+    report = run(write=False, arm=arm)
+    listing = next(v for v in report.vaults if v.id == f"/subscriptions/{SUB_B}")
+    assert (listing.outcome, listing.retryable) == ("failed", retryable)
+    assert any(v.outcome == "planned" for v in report.vaults)  # the other subscription's
+
+
+@pytest.mark.parametrize(
+    ("deleted", "looked", "kept"),
+    [
+        (DeletedVault("2025-01-01T00:00:00Z", "2025-03-01T00:00:00Z"), True, True),
+        (DeletedVault("2025-01-01T00:00:00Z", "2025-01-31T00:00:00Z"), True, False),  # passed
+        (None, True, False),  # Resource Manager no longer knows it: purged
+        (None, False, True),  # not asked (no right, an outage): within the longest retention
+    ],
+    ids=["recoverable", "purge-date-passed", "purged", "unknown"],
+)
+def test_a_deleted_vault_s_entry_is_kept_exactly_while_it_can_be_recovered(deleted, looked, kept):
+    entry = LedgerEntry(ip_rules=frozenset({WEU}), deleted_at="2025-01-01T00:00:00+00:00")
+    now = datetime(2025, 2, 1, tzinfo=timezone.utc)
+    after = writer.after_deletion(entry, deleted, looked=looked, now=now)
+    assert (after.ip_rules == entry.ip_rules) is kept
+    assert (after == LedgerEntry()) is not kept

@@ -10,6 +10,9 @@ from kvfirewall.settings import HOST_SETTINGS, SETTINGS, Settings, SettingsError
 
 SUB = "00000000-0000-0000-0000-00000000000A"
 SUBNET = f"/subscriptions/{SUB}/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/v/subnets/s"
+POOL = (
+    f"/subscriptions/{SUB}/resourceGroups/agents/providers/Microsoft.DevOpsInfrastructure/pools/p"
+)
 
 
 def load(**values: str) -> Settings:
@@ -124,6 +127,13 @@ def test_a_secret_in_the_ip_source_url_is_never_echoed():
         ({"KVF_REPORT_DAYS": "1.5"}, "KVF_REPORT_DAYS: '1.5' is not a whole number"),
         ({"KVF_REPORT_DAYS": "99999"}, "KVF_REPORT_DAYS: '99999' is not a whole number"),
         ({"KVF_STATE": "AccountName=acct"}, "KVF_STATE: not a valid Azure Storage"),
+        ({"KVF_AGENT_POOLS": f"{POOL},{SUBNET}"}, f"KVF_AGENT_POOLS: {SUBNET!r} is not an agent"),
+        (
+            {"KVF_AGENT_POOLS": POOL.replace("DevOpsInfrastructure/pools", "KeyVault/vaults")},
+            "is a Microsoft.KeyVault/vaults, not an agent pool",
+        ),
+        ({"KVF_DISCOVER_POOLS": "maybe"}, "KVF_DISCOVER_POOLS: 'maybe' is not true or false"),
+        ({"KVF_FIX_SERVICE_ENDPOINTS": "2"}, "KVF_FIX_SERVICE_ENDPOINTS: '2' is not true or"),
     ],
 )
 def test_bad_values_are_named_in_one_message(values, expected):
@@ -131,6 +141,13 @@ def test_bad_values_are_named_in_one_message(values, expected):
         load(**values)
     assert expected in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_agent_pools_alone_are_something_to_allow_and_switches_default_off():
+    pools = load(KVF_ADO_GEOGRAPHIES="", KVF_AGENT_POOLS=f"{POOL}, {POOL.upper()[:15]}{POOL[15:]}")
+    assert [p.id for p in pools.agent_pools] == [POOL.replace(SUB, SUB.lower())]
+    assert load(KVF_ADO_GEOGRAPHIES="", KVF_DISCOVER_POOLS="true").discover_pools
+    assert (pools.discover_pools, pools.fix_service_endpoints) == (False, False)
 
 
 def test_a_bad_connection_string_is_reported_without_its_secret():
@@ -158,12 +175,90 @@ def test_every_documented_setting_is_read(monkeypatch):
         "KVF_STATE": "/var/kvf",
         "KVF_MAX_RANGE_LOSS_PERCENT": "5",
         "KVF_REPORT_DAYS": "7",
+        "KVF_FAN_OUT": "false",
         "KVF_ADO_GEOGRAPHIES": "India",
         "KVF_SUBSCRIPTIONS": "00000000-0000-0000-0000-00000000000b",
+        "KVF_LISTING": "graph",
+        "KVF_AGENT_POOLS": POOL,
+        "KVF_DISCOVER_POOLS": "true",
+        "KVF_FIX_SERVICE_ENDPOINTS": "on",
     }
-    assert set(changed) == set(SETTINGS) - HOST_SETTINGS
+    leasing = {
+        "KVF_LEASES": "entra",
+        "KVF_LEASE_TENANT": TENANT,
+        "KVF_LEASE_AUDIENCES": "api://kvfirewall-leases",
+    }
+    lease_base = load(**leasing)
+    lease_changes = {
+        "KVF_LEASE_TENANT": "3f1c2a4b-1111-4222-8333-444455556667",
+        "KVF_LEASE_AUDIENCES": "api://other",
+        "KVF_LEASE_TAG": "leases=yes",
+        "KVF_LEASE_MAX_MINUTES": "120",
+        "KVF_LEASE_IP_SCOPE": "any",
+        "KVF_LEASE_PRINCIPALS": TENANT,
+    }
+    assert set(changed) | set(lease_changes) | {"KVF_LEASES"} == set(SETTINGS) - HOST_SETTINGS
+    assert lease_base != base
     for name, value in changed.items():
         assert load(**{name: value}) != base, name
+    for name, value in lease_changes.items():
+        assert load(**{**leasing, name: value}) != lease_base, name
+        assert load(**{name: value}) == base, name  # read only with KVF_LEASES=entra
+
+
+TENANT = "3f1c2a4b-1111-4222-8333-444455556666"
+
+
+def test_lease_settings_are_parsed_with_the_clouds_authority():
+    leases = load(
+        KVF_LEASES="Entra",
+        KVF_LEASE_TENANT=TENANT.upper(),
+        KVF_LEASE_AUDIENCES="api://kvfirewall-leases, 0b6f1a2c-3d4e-4f50-8a61-72839405a6b7,",
+        KVF_ARM_ENDPOINT="https://management.usgovcloudapi.net",
+    ).leases
+    assert leases.enabled and leases.tenant == TENANT
+    assert leases.audiences == ("api://kvfirewall-leases", "0b6f1a2c-3d4e-4f50-8a61-72839405a6b7")
+    assert leases.authority == "https://login.microsoftonline.us"
+    assert (leases.tag, leases.max_minutes, leases.ip_scope) == (
+        ("kvfirewall-leases", "enabled"),
+        60,
+        "azure",
+    )
+    own = load(
+        KVF_LEASES="entra",
+        KVF_LEASE_TENANT=TENANT,
+        KVF_LEASE_AUDIENCES="api://x",
+        AZURE_AUTHORITY_HOST="https://login.example.test/",
+    )
+    assert own.leases.authority == "https://login.example.test"
+    assert not load().leases.enabled
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"KVF_LEASES": "on"}, "KVF_LEASES"),
+        ({"KVF_LEASE_TENANT": None}, "KVF_LEASE_TENANT"),
+        ({"KVF_LEASE_TENANT": "contoso.onmicrosoft.com"}, "KVF_LEASE_TENANT"),
+        ({"KVF_LEASE_AUDIENCES": " , "}, "KVF_LEASE_AUDIENCES"),
+        ({"KVF_LEASE_MAX_MINUTES": "1441"}, "KVF_LEASE_MAX_MINUTES"),
+        ({"KVF_LEASE_MAX_MINUTES": "0"}, "KVF_LEASE_MAX_MINUTES"),
+        ({"KVF_LEASE_IP_SCOPE": "anywhere"}, "KVF_LEASE_IP_SCOPE"),
+        ({"KVF_LEASE_PRINCIPALS": "pipeline-sp"}, "KVF_LEASE_PRINCIPALS"),
+        ({"KVF_LEASE_TAG": "novalue"}, "KVF_LEASE_TAG"),
+        ({"AZURE_AUTHORITY_HOST": "http://login.microsoftonline.com"}, "AZURE_AUTHORITY_HOST"),
+    ],
+)
+def test_bad_lease_settings_are_named(values, named):
+    env = {
+        "KVF_LEASES": "entra",
+        "KVF_LEASE_TENANT": TENANT,
+        "KVF_LEASE_AUDIENCES": "api://kvfirewall-leases",
+        **values,
+    }
+    with pytest.raises(SettingsError) as caught:
+        load(**env)
+    assert str(caught.value).startswith(named)
 
 
 @pytest.mark.parametrize(
