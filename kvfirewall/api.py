@@ -34,28 +34,17 @@ def parse_reconcile_request(
     """Parse and validate a reconcile request body (empty means: all vaults, not a dry run).
     `subscriptions`: the managed ones; None when management groups make them known only to
     the run (which then skips a vault outside them)."""
-    if len(body) > MAX_BODY_BYTES:
-        raise BadRequest(f"body is larger than {MAX_BODY_BYTES} bytes")
     if not body.strip():
         return ReconcileRequest()
-    try:
-        document = json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise BadRequest("body is not JSON") from None
-    if not isinstance(document, dict):
-        raise BadRequest(f"body must be a JSON object, not {_json_type(document)}")
-    unknown = sorted(set(document) - set(FIELDS))
-    if unknown:
-        shown = ", ".join(repr(k[:50]) for k in unknown[:5])
-        raise BadRequest(f"unknown field(s) {shown}; expected {', '.join(FIELDS)}")
+    document = json_object(body, fields=FIELDS)
     dry_run = document.get("dryRun", False)
     if not isinstance(dry_run, bool):
-        raise BadRequest(f"dryRun must be true or false, not {_json_type(dry_run)}")
+        raise BadRequest(f"dryRun must be true or false, not {json_type(dry_run)}")
     if "vaultId" not in document:  # absent means every vault; null is a mistake, not "all"
         return ReconcileRequest(dry_run=dry_run)
     vault_id = document["vaultId"]
     if not isinstance(vault_id, str):
-        raise BadRequest(f"vaultId must be a string, not {_json_type(vault_id)}")
+        raise BadRequest(f"vaultId must be a string, not {json_type(vault_id)}")
     try:
         vault = parse_vault_id(vault_id)
     except RuleError as exc:
@@ -63,6 +52,23 @@ def parse_reconcile_request(
     if subscriptions is not None and vault.subscription not in subscriptions:
         raise BadRequest(f"vaultId: subscription {vault.subscription} is not managed")
     return ReconcileRequest(vault=vault, dry_run=dry_run)
+
+
+def json_object(body: bytes, *, fields: tuple[str, ...]) -> dict:
+    """A request body that must be one JSON object of known fields, each at most once."""
+    if len(body) > MAX_BODY_BYTES:
+        raise BadRequest(f"body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        document = json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise BadRequest("body is not JSON") from None
+    if not isinstance(document, dict):
+        raise BadRequest(f"body must be a JSON object, not {json_type(document)}")
+    unknown = sorted(set(document) - set(fields))
+    if unknown:
+        shown = ", ".join(repr(k[:50]) for k in unknown[:5])
+        raise BadRequest(f"unknown field(s) {shown}; expected {', '.join(fields)}")
+    return document
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
@@ -76,7 +82,7 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return dict(pairs)
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
     if value is None:
         return "null"

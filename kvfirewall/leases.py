@@ -10,14 +10,13 @@ the client and prove nothing).
 from __future__ import annotations
 
 import ipaddress
-import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from kvfirewall.api import MAX_BODY_BYTES, BadRequest, _json_type, _unique_keys
+from kvfirewall.api import BadRequest, json_object, json_type
 from kvfirewall.rules import RuleError, VaultRef, parse_vault_id, public_ipv4_network
 
 __all__ = [
@@ -50,21 +49,10 @@ def parse_lease_request(
 ) -> LeaseRequest:
     """Parse and validate a lease request; `forwarded_for` is the `X-Forwarded-For` header,
     used when the body names no `ip`. `minutes` defaults to 30, or `max_minutes` if lower."""
-    if len(body) > MAX_BODY_BYTES:
-        raise BadRequest(f"body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        document = json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise BadRequest("body is not JSON") from None
-    if not isinstance(document, dict):
-        raise BadRequest(f"body must be a JSON object, not {_json_type(document)}")
-    unknown = sorted(set(document) - set(FIELDS))
-    if unknown:
-        shown = ", ".join(repr(k[:50]) for k in unknown[:5])
-        raise BadRequest(f"unknown field(s) {shown}; expected {', '.join(FIELDS)}")
+    document = json_object(body, fields=FIELDS)
     if "ip" in document:
         if not isinstance(document["ip"], str):
-            raise BadRequest(f"ip must be a string, not {_json_type(document['ip'])}")
+            raise BadRequest(f"ip must be a string, not {json_type(document['ip'])}")
         ip = parse_address(document["ip"], field="ip")
     elif forwarded_for is not None and forwarded_for.strip():
         ip = caller_address(forwarded_for)
@@ -80,13 +68,13 @@ def parse_lease_request(
 
 def _vaults(value: object) -> tuple[VaultRef, ...]:
     if not isinstance(value, list):
-        raise BadRequest(f"vaults must be an array of vault ids, not {_json_type(value)}")
+        raise BadRequest(f"vaults must be an array of vault ids, not {json_type(value)}")
     if not 1 <= len(value) <= MAX_VAULTS:
         raise BadRequest(f"vaults must list 1 to {MAX_VAULTS} vault ids, not {len(value)}")
     refs: list[VaultRef] = []
     for index, item in enumerate(value):
         if not isinstance(item, str):
-            raise BadRequest(f"vaults[{index}] must be a string, not {_json_type(item)}")
+            raise BadRequest(f"vaults[{index}] must be a string, not {json_type(item)}")
         try:
             ref = parse_vault_id(item)
         except RuleError as exc:
@@ -99,7 +87,7 @@ def _vaults(value: object) -> tuple[VaultRef, ...]:
 
 def _minutes(value: object, max_minutes: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise BadRequest(f"minutes must be a whole number, not {_json_type(value)}")
+        raise BadRequest(f"minutes must be a whole number, not {json_type(value)}")
     if not 1 <= value <= max_minutes:
         raise BadRequest(f"minutes must be between 1 and {max_minutes}, not {value}")
     return value
@@ -110,7 +98,7 @@ def _reason(document: dict) -> str | None:
         return None
     value = document["reason"]
     if not isinstance(value, str):
-        raise BadRequest(f"reason must be a string, not {_json_type(value)}")
+        raise BadRequest(f"reason must be a string, not {json_type(value)}")
     if len(value) > MAX_REASON:
         raise BadRequest(f"reason must be at most {MAX_REASON} characters, not {len(value)}")
     if not value.isprintable():  # it is logged: no line breaks or control characters

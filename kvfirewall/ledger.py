@@ -20,7 +20,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from ipaddress import IPv4Network
@@ -146,6 +146,14 @@ class StateStore(Protocol):
     """
 
     def read_entry(self, vault_key: str) -> LedgerEntry: ...
+
+    def entries_not_in(
+        self, subscriptions: Collection[str], listed: Collection[str]
+    ) -> Iterator[tuple[str, LedgerEntry]]:
+        """The entries of these subscriptions' vaults whose keys are not in `listed` (a
+        complete listing of them): vaults deleted with no event kvfirewall saw. Only those
+        entries are read."""
+        ...
 
     def write_entry(self, vault_key: str, entry: LedgerEntry, *, base: LedgerEntry) -> LedgerEntry:
         """Store `entry` (an empty one deletes it) over `base`, the entry as it was read;
@@ -343,6 +351,29 @@ class LocalStore:
 
     def _entry_path(self, vault_key: str) -> Path:
         return self.root / "ledger" / f"{_row_key(vault_key)}.json"
+
+    def entries_not_in(
+        self, subscriptions: Collection[str], listed: Collection[str]
+    ) -> Iterator[tuple[str, LedgerEntry]]:
+        """One pass over the directory; only the files of keys not listed are read."""
+        known = {f"{_row_key(key)}.json" for key in listed}
+        wanted = {s.lower() for s in subscriptions}
+        folder = self.root / "ledger"
+        for path in folder.glob("*.json") if folder.is_dir() else ():
+            if path.name in known:
+                continue
+            try:
+                data = path.read_bytes()
+                key = str(json.loads(data).get("vaultId", ""))
+            except (OSError, ValueError):  # removed meanwhile, or not an entry
+                continue
+            if self._subscription(key) in wanted:
+                yield key, replace(LedgerEntry.from_json(json.loads(data)), version=_digest(data))
+
+    @staticmethod
+    def _subscription(vault_key: str) -> str:
+        parts = vault_key.split("/")
+        return parts[2] if len(parts) > 2 else ""
 
     def read_entry(self, vault_key: str) -> LedgerEntry:
         try:
@@ -585,6 +616,27 @@ class AzureStore:
     def _partition(vault_key: str) -> str:
         parts = vault_key.split("/")
         return parts[2] if len(parts) > 2 else "_"
+
+    def entries_not_in(
+        self, subscriptions: Collection[str], listed: Collection[str]
+    ) -> Iterator[tuple[str, LedgerEntry]]:
+        """One query of each subscription's partition, for the vault ids only."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        for subscription in subscriptions:
+            query = self._table.query_entities(
+                "PartitionKey eq @partition",
+                parameters={"partition": subscription.lower()},
+                select=["VaultId"],
+            )
+            try:
+                keys = [str(e["VaultId"]) for e in query if e.get("VaultId") not in listed]
+            except ResourceNotFoundError:  # no table yet: no entries
+                return
+            for key in keys:
+                entry = self.read_entry(key)
+                if entry:
+                    yield key, entry
 
     def read_entry(self, vault_key: str) -> LedgerEntry:
         from azure.core.exceptions import ResourceNotFoundError

@@ -264,7 +264,7 @@ def reconcile(
             for result in pool.map(worker.queued, queued):
                 report.add(result)
     else:
-        _reconcile_listed(
+        listing = _reconcile_listed(
             settings,
             scope,
             managed,
@@ -276,6 +276,8 @@ def reconcile(
             reserve_scale,
             enqueue,
         )
+        if write:
+            _sweep(store, worker, listing, reserve_seconds=VAULT_RESERVE_SECONDS * reserve_scale)
     report.arm_calls = {
         field: getattr(arm.counts, field) - getattr(calls_before, field)
         for field in ("reads", "writes", "throttled")
@@ -311,13 +313,14 @@ def _reconcile_listed(
     thread_init: Callable[[], None] | None,
     reserve_scale: float,
     enqueue: Callable[[str, str], None] | None = None,
-) -> None:
+) -> Listing:
     """Reconcile every listed vault in scope as its page arrives, on `WORKERS` threads.
 
     At most `2 * WORKERS` vaults are in the workers' hands and `LISTED_QUEUE` listed ones wait
     for them, so memory stays flat however large the estate: the report counts each result
-    and keeps (or spools) it.
+    and keeps (or spools) it; only the listed vaults' keys are kept, for `_sweep`.
     """
+    listing = Listing(subscriptions=scope.subscriptions)
     in_flight: deque[Future[VaultResult | str]] = deque()
     work = worker.in_budget if enqueue is None else functools.partial(_triaged, worker)
 
@@ -326,8 +329,10 @@ def _reconcile_listed(
             enqueue(result, worker.source_version)  # type: ignore[misc]
             return
         report.add(result)
+        if result.id.count("/") == 2:  # `/subscriptions/<id>`: not listed to its end
+            listing.incomplete.add(result.id.split("/")[2].lower())
         if result.reason == NOT_REACHED:
-            if result.id.count("/") == 2:  # `/subscriptions/<id>`: the rest of its listing
+            if result.id.count("/") == 2:  # the rest of its listing
                 report.cut_short_subscriptions += 1
             else:
                 report.cut_short += 1
@@ -340,14 +345,47 @@ def _reconcile_listed(
                 report.warnings.append(item)
             elif isinstance(item, VaultResult):
                 finish(item)
-            elif not in_scope(item, settings, managed):
-                report.out_of_scope += 1
             else:
-                in_flight.append(pool.submit(work, item))
+                listing.keys.add(item.id.lower())
+                if not in_scope(item, settings, managed):
+                    report.out_of_scope += 1
+                else:
+                    in_flight.append(pool.submit(work, item))
             while in_flight and (len(in_flight) >= 2 * WORKERS or in_flight[0].done()):
                 finish(in_flight.popleft().result())
         while in_flight:
             finish(in_flight.popleft().result())
+    return listing
+
+
+@dataclasses.dataclass
+class Listing:
+    """What a run over every vault listed: the keys of the vaults it saw, and the
+    subscriptions it could not list to the end (a failure, the budget)."""
+
+    subscriptions: tuple[str, ...]
+    keys: set[str] = dataclasses.field(default_factory=set)
+    incomplete: set[str] = dataclasses.field(default_factory=set)
+
+
+def _sweep(
+    store: StateStore, worker: VaultWorker, listing: Listing, *, reserve_seconds: float
+) -> None:
+    """Ledger entries of vaults that no complete listing shows any more: deleted with no
+    event seen. Each is read once (a vault deleted is kept marked until it is purged, see
+    `VaultWorker.swept`); a subscription not listed to its end is left alone, and the
+    sweep stops where the run's budget does (the next run goes on)."""
+    swept = 0
+    complete = [s for s in listing.subscriptions if s.lower() not in listing.incomplete]
+    for key, entry in store.entries_not_in(complete, listing.keys):
+        remaining = worker.arm.remaining()
+        if remaining is not None and remaining < reserve_seconds:
+            return
+        result = worker.swept(key, entry)
+        swept += 1
+        log.info("kvfirewall ledger entry of %s, no longer listed: %s", key, result.reason)
+    if swept:
+        log.info("kvfirewall: %d ledger entries of vaults no longer listed were checked", swept)
 
 
 def _triaged(worker: VaultWorker, state: VaultState) -> VaultResult | str:

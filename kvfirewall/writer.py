@@ -112,6 +112,16 @@ class VaultWorker:
             return VaultResult(id=state.id, outcome="skipped", reason="not in scope")
         return self.listed(state)
 
+    def swept(self, vault_key: str, entry: LedgerEntry) -> VaultResult:
+        """A ledger entry whose vault a complete listing of its subscription did not show:
+        deleted with no event seen (or not listed yet). Read it: a vault that answers 404 is
+        marked, and forgotten once purged (`_gone`); one already marked costs only the
+        deleted-vault read."""
+        ref = parse_vault_id(vault_key)
+        if entry.deleted_at:
+            return self._gone(ref, "vault deleted")
+        return self.one(ref)
+
     def in_budget(self, state: VaultState) -> VaultResult:
         """A listed vault, unless the run's time budget is (nearly) spent."""
         remaining = self.arm.remaining()

@@ -20,6 +20,7 @@ from kvfirewall.resource_graph import GraphFailed, ResourceGraph
 from kvfirewall.rules import parse_vault_id
 from kvfirewall.settings import Settings, SettingsError, StateLocation
 from kvfirewall.vaults import Arm
+from tests.test_vaults import FakeTime  # one simulated clock for the quota and the waits
 
 SUB_A = "11111111-1111-1111-1111-111111111111"
 SUB_B = "22222222-2222-2222-2222-222222222222"
@@ -29,21 +30,6 @@ SUB_OTHER = "55555555-5555-5555-5555-555555555555"
 GROUP = "/providers/Microsoft.Management/managementGroups/mg-platform"
 OURS = "52.10.20.30"  # the one rule these tests allow (no ranges: no source is asked)
 DENY = {"defaultAction": "Deny", "bypass": "AzureServices"}
-
-
-class FakeTime:
-    """One simulated clock for the emulator's quota and the client's waits."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def clock(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -141,7 +141,7 @@ ARM_FUNCTIONS = {
     "filter", "format", "guid", "if", "join", "lambda", "lambdaVariables", "length", "map", "not",
     "parameters", "reference", "replace", "resourceGroup", "resourceId", "split", "subscription",
     "subscriptionResourceId", "toLower", "trim", "union", "uniqueString", "variables",
-    "and", "concat", "startsWith",
+    "and", "concat", "equals", "startsWith",
 }  # fmt: skip
 BUILTIN_ROLES = {
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
@@ -660,3 +660,15 @@ def test_uninstall_removes_the_role_assignments_of_every_principal_the_template_
     [(grant_level, _)] = dead_letter_grants()
     container = grant_level.trace("[parameters('deadLetterContainerName')]")[1:-1]
     assert f"/containers/{container}" in uninstall and '--scope "$CONTAINER"' in uninstall
+
+
+def test_the_lease_expiry_timer_is_disabled_while_leases_are_off():
+    """A timer every minute that has nothing to do would still start an instance every
+    minute on Flex Consumption: the host's own switch keeps it off with KVF_LEASES=off."""
+    from tests.app_functions import FUNCTIONS
+
+    assert "expire_leases" in FUNCTIONS
+    assert app_settings()["AzureWebJobs.expire_leases.Disabled"] == (
+        "[if(equals(toLower(parameters('KVF_LEASES')), 'off'), 'true', 'false')]"
+    )
+    assert load()["parameters"]["KVF_LEASES"]["defaultValue"] == "off"

@@ -318,3 +318,16 @@ def test_an_entry_at_the_rule_limits_fits_azure_table_limits(azurite):
         len(k.encode("utf-16-le")) + len(str(v).encode("utf-16-le")) for k, v in entity.items()
     )
     assert total < 1024 * 1024
+
+
+def test_entries_not_listed_are_found_per_subscription(store):
+    """What a run's sweep reads: only the entries of that subscription's vaults it did not
+    list, not every entry."""
+    elsewhere = VAULT.replace(
+        "00000000-0000-0000-0000-000000000001", "0" * 8 + "-0000-0000-0000-" + "0" * 11 + "2"
+    )
+    for key in (VAULT, OTHER, elsewhere):
+        store.write_entry(key, ENTRY, base=store.read_entry(key))
+    subscription = VAULT.split("/")[2]
+    found = dict(store.entries_not_in([subscription], {VAULT}))
+    assert list(found) == [OTHER] and found[OTHER].ip_rules == ENTRY.ip_rules

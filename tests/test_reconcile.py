@@ -917,3 +917,41 @@ def test_a_deleted_vault_s_entry_is_kept_exactly_while_it_can_be_recovered(delet
     after = writer.after_deletion(entry, deleted, looked=looked, now=now)
     assert (after.ip_rules == entry.ip_rules) is kept
     assert (after == LedgerEntry()) is not kept
+
+
+def test_a_vault_deleted_unseen_is_marked_by_the_next_full_run_and_forgotten_once_purged(
+    emulator, estate, run, tmp_path
+):
+    """No event told kvfirewall (the app was down, or only writes are subscribed): the next
+    run over every vault misses the vault in a complete listing and keeps its entry, marked,
+    for as long as Key Vault could recover it."""
+    run()
+    entry = ledger_of(tmp_path, estate["bare"])
+    assert WEU in entry.ip_rules
+    emulator.delete_vault(estate["bare"])
+    run(write=False)  # a dry run touches no entry
+    assert not ledger_of(tmp_path, estate["bare"]).deleted_at
+    run()
+    marked = ledger_of(tmp_path, estate["bare"])
+    assert marked.deleted_at and marked.ip_rules == entry.ip_rules
+    emulator.purge_vault(estate["bare"])
+    emulator.clear_log()
+    run()
+    assert ledger_of(tmp_path, estate["bare"]) == LedgerEntry()
+    deleted_reads = [r for r in emulator.requests if "/deletedVaults/" in r.path]
+    assert len(deleted_reads) == 1  # a marked entry costs one read, and no vault GET
+    assert not [r for r in emulator.requests if r.path.lower().endswith("/vaults/kv-bare")]
+
+
+def test_no_entry_is_swept_in_a_subscription_that_could_not_be_listed(
+    emulator, estate, run, tmp_path
+):
+    run()
+    emulator.delete_vault(estate["bare"])
+    emulator.fail(
+        "GET", f"/subscriptions/{SUB_A}/providers/Microsoft.KeyVault/vaults$", 403, times=100
+    )
+    emulator.clear_log()
+    run()
+    assert not ledger_of(tmp_path, estate["bare"]).deleted_at
+    assert not [r for r in emulator.requests if "kv-bare" in r.path]
