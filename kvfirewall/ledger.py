@@ -400,8 +400,9 @@ class LocalStore:
             data = json.dumps(
                 {"vaultId": vault_key, **entry.to_json()}, sort_keys=True, separators=(",", ":")
             ).encode()
-            # The lock is exclusive: a temporary name of the entry's own is free.
-            _atomic_write_bytes(path, data, temporary=path.with_name(f".tmp-{path.name}"))
+            # The lock is exclusive: a temporary name of the entry's own is free (not *.json,
+            # which a sweep of the directory would take for an entry).
+            _atomic_write_bytes(path, data, temporary=path.with_name(f".tmp-{path.stem}"))
             return replace(entry, version=_digest(data))
 
     def read_snapshot(self) -> Snapshot | None:
