@@ -33,8 +33,10 @@ that is, the writes applied against the most that the per-subscription write buc
 the start: 200, refilled at 10/s) could have allowed during the run. It is 100 % only for a
 run that keeps every bucket empty; with fewer than 200 writes per subscription the quota
 cannot be the limit, and `quotaMinSeconds` (the least time the buckets allow for the busiest
-subscription's writes, (W - 200) / 10) is 0. `429/writes` is the share of write requests
-answered 429.
+subscription's writes, (W - 200) / 10, the quota floor) is 0; `wall/floor` is the wall time
+against it. `429/writes` is the share of write requests answered 429. `CPU ms/vault` is the
+CPU the reconcile took in its process (every thread; not the interpreter's start or imports)
+per vault it reconciled: a phase's own cost, without the emulator's.
 
 Progress goes to stderr: a line per phase and, inside long phases, every 5 s.
 """
@@ -69,8 +71,11 @@ COLUMNS = (
     ("writes", "writes", "{}"),
     ("429s client/emulator", "throttled", "{}"),
     ("peak RSS MB", "peakRssMb", "{:.0f}"),
+    ("CPU ms/vault", "cpuMsPerVault", "{:.2f}"),
     ("writes/s", "writesPerSecond", "{:.1f}"),
     ("quota use", "quotaUse", "{:.0%}"),
+    ("quota floor s", "quotaMinSeconds", "{:.1f}"),
+    ("wall/floor", "floorRatio", "{:.2f}"),
     ("429/writes", "throttledShare", "{:.1%}"),
 )
 
@@ -187,6 +192,7 @@ def row(
     quota = not args.no_throttle and phase in ("full", "rerun", "graph-rerun")
     ceiling = args.subscriptions * (WRITE_BURST + WRITE_REFILL_PER_SECOND * seconds)
     emulator_429 = emu["throttledReads"] + emu["throttledWrites"]
+    floor = max(0.0, (emu["maxWritesPerSubscription"] - WRITE_BURST) / WRITE_REFILL_PER_SECOND)
     return {
         "vaults": args.vaults,
         "subscriptions": args.subscriptions,
@@ -209,13 +215,16 @@ def row(
         "listPages": list_pages(args.vaults, args.subscriptions, args.page_size),
         "peakRssMb": round(result["peakRssMb"], 1),
         "cpuSeconds": round(result["cpuSeconds"], 2),
+        "runCpuSeconds": round(result["runCpuSeconds"], 3),
+        "cpuMsPerVault": round(1000 * result["runCpuSeconds"] / result["vaultsReconciled"], 3)
+        if result["vaultsReconciled"]
+        else None,
         "emulatorCpuSeconds": round(emu["cpuSeconds"] - emulator_cpu_before, 2),
         "writesPerSecond": round(applied / seconds, 2) if quota and seconds > 0 else None,
         "quotaCeilingWrites": round(ceiling) if quota else None,
         "quotaUse": round(applied / ceiling, 4) if quota else None,
-        "quotaMinSeconds": max(0.0, (emu["maxWritesPerSubscription"] - WRITE_BURST) / 10)
-        if quota
-        else None,
+        "quotaMinSeconds": floor if quota else None,
+        "floorRatio": round(seconds / floor, 3) if quota and floor > 0 else None,
         "throttledShare": round(emu["throttledWrites"] / emu["writes"], 4)
         if emu["writes"]
         else None,

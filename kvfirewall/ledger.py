@@ -37,6 +37,7 @@ from kvfirewall.report import (
     parse_report_name,
     report_info,
 )
+from kvfirewall.rules import PARSED_RULES
 from kvfirewall.settings import DEFAULT_REPORT_DAYS, StateLocation
 from kvfirewall.transport import DEADLINE_OPTION, Remaining, RequestTimeouts, shared_transport
 
@@ -98,15 +99,21 @@ class LedgerEntry:
     @classmethod
     def from_json(cls, data: dict) -> LedgerEntry:
         return cls(
-            ip_rules=frozenset(IPv4Network(v) for v in data.get("ipRules", ())),
+            ip_rules=frozenset(map(_network, data.get("ipRules", ()))),
             subnets=frozenset(data.get("subnets", ())),
-            pending_ip_rules=frozenset(IPv4Network(v) for v in data.get("pendingIpRules", ())),
+            pending_ip_rules=frozenset(map(_network, data.get("pendingIpRules", ()))),
             pending_subnets=frozenset(data.get("pendingSubnets", ())),
             generation=str(data.get("generation", "")),
             location=str(data.get("location", "")),
             deleted_at=str(data.get("deletedAt", "")),
             purge_at=str(data.get("purgeAt", "")),
         )
+
+
+@functools.lru_cache(maxsize=PARSED_RULES)
+def _network(text: str) -> IPv4Network:
+    """A stored network (strictly parsed); cached, as every entry holds the same ranges."""
+    return IPv4Network(text)
 
 
 class StaleEntry(Exception):
@@ -224,6 +231,10 @@ def _row_key(vault_key: str) -> str:
     # Table keys may not hold '/', and ids are long: a digest is stable and safe.
     return hashlib.sha256(vault_key.encode()).hexdigest()
 
+
+# A local entry's compare-and-swap locks one of 16 ** SWAP_LOCK_DIGITS files (named by the
+# first digits of the entry's digest): held for one small file write, they are rarely shared.
+SWAP_LOCK_DIGITS = 2
 
 # An Azure Table String property holds at most 64 KiB (32K UTF-16 code units) and an entity at
 # most 1 MiB in 255 properties: an entry's JSON is split across properties Entry0, Entry1, ...
@@ -365,18 +376,20 @@ class LocalStore:
         return parts[2] if len(parts) > 2 else ""
 
     def read_entry(self, vault_key: str) -> LedgerEntry:
-        path = self._entry_path(vault_key)
-        if not path.exists():
+        try:
+            data = self._entry_path(vault_key).read_bytes()
+        except FileNotFoundError:
             return LedgerEntry()
-        data = path.read_bytes()
         return replace(LedgerEntry.from_json(json.loads(data)), version=_digest(data))
 
     def write_entry(self, vault_key: str, entry: LedgerEntry, *, base: LedgerEntry) -> LedgerEntry:
-        """Compare and swap under an exclusive lock of the entry's file: the digest of what
-        is stored must still be `base.version`."""
+        """Compare and swap under an exclusive lock: the digest of what is stored must
+        still be `base.version`. The lock is a file shared by the entries whose digests start
+        alike (`SWAP_LOCK_DIGITS`): a lock file per entry would cost every vault's first
+        write a file creation, which costs more CPU than the write itself."""
         path = self._entry_path(vault_key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".swap"), "a+b") as lock:
+        with open(path.with_name(f".swap-{path.name[:SWAP_LOCK_DIGITS]}"), "a+b") as lock:
             filelock.lock(lock)  # held for one file write: never for long (closing releases it)
             current = _digest(path.read_bytes()) if path.exists() else ""
             if current != base.version:
@@ -385,9 +398,11 @@ class LocalStore:
                 path.unlink(missing_ok=True)
                 return LedgerEntry()
             data = json.dumps(
-                {"vaultId": vault_key, **entry.to_json()}, indent=1, sort_keys=True
+                {"vaultId": vault_key, **entry.to_json()}, sort_keys=True, separators=(",", ":")
             ).encode()
-            _atomic_write_bytes(path, data)
+            # The lock is exclusive: a temporary name of the entry's own is free (not *.json,
+            # which a sweep of the directory would take for an entry).
+            _atomic_write_bytes(path, data, temporary=path.with_name(f".tmp-{path.stem}"))
             return replace(entry, version=_digest(data))
 
     def read_snapshot(self) -> Snapshot | None:
@@ -484,9 +499,14 @@ def _atomic_write(path: Path, data: dict) -> None:
     _atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write_bytes(path: Path, data: bytes, *, temporary: Path | None = None) -> None:
+    """Write, fsync, rename: readers see the old file or the new one. The data goes first to
+    `temporary`, a name only this writer uses, or else to a fresh temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    if temporary is None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    else:
+        fd, tmp = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), temporary
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -6,6 +6,7 @@ rules must go through these helpers; string comparison would make every run writ
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -15,6 +16,9 @@ VNET_RULE_LIMIT = 200
 # The widest rule kvfirewall will add. Azure DevOps ranges are /23 to /30; anything near /8 is
 # a typo or a tampered source, and would open a vault to a large part of the Internet.
 WIDEST_PREFIX = 16
+# Rule values parsed and kept: every vault holds the same desired ranges, and a run compares
+# each vault's rules several times (plan, ownership, the check after the write).
+PARSED_RULES = 4096
 # IANA IPv4 special-purpose registry (RFC 6890 and successors): never part of a public rule.
 # A rule that merely *overlaps* one (0.0.0.0/0, 8.0.0.0/6 ...) is refused as well.
 SPECIAL_PURPOSE = tuple(
@@ -79,11 +83,13 @@ def public_ipv4_network(value: str, *, widest: int = WIDEST_PREFIX) -> ipaddress
     return network
 
 
+@functools.lru_cache(maxsize=PARSED_RULES)
 def current_ip_network(value: str) -> ipaddress.IPv4Network | None:
     """Parse an ipRules value read back from a vault, or None if it is not IPv4.
 
     Lenient (host bits allowed) because it only serves to recognise the network a stored rule
-    denotes; a value it cannot parse is someone else's and is kept verbatim.
+    denotes; a value it cannot parse is someone else's and is kept verbatim. Cached: networks
+    are immutable, and parsing one costs more than the rest of comparing it.
     """
     try:
         network = ipaddress.ip_network(value.strip(), strict=False)

@@ -1,23 +1,28 @@
 """The Azure Resource Manager adapter: list, read and PATCH vaults; read service tags.
 
-Thin on purpose: it turns SDK objects into `VaultState` and back and counts calls. No call
-uses azure-core's retry. Writes cannot: azure-core would retry a PATCH only on 500/503/504 or
-with Retry-After, and would re-send the same body; Key Vault answers overlapping writes with
-409 ("serialize the operations"), after which the vault must be read again. So a write is one
-attempt that says whether it may be retried, and `Backoff` paces the caller's retries. Reads
-(single vaults, list pages) are retried here under the same `Backoff`, so that an `Arm` with a
-time budget (an Event Grid delivery waits 30 s, an HTTP request 230 s) never sleeps past it,
-even when Resource Manager asks for a long Retry-After.
+Thin on purpose: it turns the SDK's answers into `VaultState` and counts calls. The Key Vault
+management client is built with a lean pipeline (`_lean_policies`) and its single-vault
+operations are asked for the answer's JSON (`RAW_JSON`): the SDK's default pipeline and its
+models cost more CPU than the rest of a drifted vault's reconcile, and none of it applies.
+
+No call uses azure-core's retry. Writes cannot: azure-core would retry a PATCH only on
+500/503/504 or with Retry-After, and would re-send the same body; Key Vault answers
+overlapping writes with 409 ("serialize the operations"), after which the vault must be read
+again. So a write is one attempt that says whether it may be retried, and `Backoff` paces
+the caller's retries. Reads (single vaults, list pages) are retried here under the same
+`Backoff`, so that an `Arm` with a time budget (an Event Grid delivery waits 30 s, an HTTP
+request 230 s) never sleeps past it, even when Resource Manager asks for a long Retry-After.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from azure.core.exceptions import (
@@ -186,6 +191,20 @@ def _is_read(request) -> bool:
     return method in ("GET", "HEAD")
 
 
+def _answer_json(pipeline_response, deserialized, headers) -> dict:
+    """An operation's `cls`: the answer's JSON as Resource Manager wrote it (camelCase).
+
+    The operation calls it after it has built its model, unless it was asked to `stream`;
+    then `deserialized` is the unread body, and no model is built at all."""
+    return json.loads(pipeline_response.http_response.read())
+
+
+# The options that make a single-vault operation (get, update, get_deleted) answer with the
+# vault's JSON: building a `Vault` model and turning it back into a mapping cost more CPU
+# than the request itself (a list's pages are models: its operation takes no `stream`).
+RAW_JSON: dict[str, Any] = {"stream": True, "cls": _answer_json}
+
+
 class WriteFailed(Exception):
     """A vault write that failed; the message is safe to report.
 
@@ -321,13 +340,32 @@ class Arm:
                     self._credential,
                     subscription,
                     base_url=self.endpoint,
-                    credential_scopes=[token_scope(self.endpoint)],
-                    per_retry_policies=[_CountingPolicy(self.counts, self._lock, self._pacer)],
-                    user_agent=USER_AGENT,
+                    policies=self._lean_policies(),
                     transport=shared_transport(),
                 )
                 self._clients[subscription] = client
             return client
+
+    def _lean_policies(self) -> list:
+        """The Key Vault client's pipeline: a request id, the user agent, the bearer token
+        for this cloud, the counting and pacing policy, and nothing else. The SDK's default
+        adds retries and redirects (we retry ourselves, and Resource Manager does not
+        redirect), resource provider registration (a write kvfirewall may not make), a JSON
+        decoding of every answer the operations decode again, and logging and tracing
+        policies: each costs CPU on every request. Timeouts are the transport's, per call."""
+        import azure.mgmt.keyvault
+        from azure.core.pipeline.policies import RequestIdPolicy, UserAgentPolicy
+        from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy
+
+        return [
+            RequestIdPolicy(),
+            UserAgentPolicy(
+                user_agent=USER_AGENT,
+                sdk_moniker=f"mgmt-keyvault/{azure.mgmt.keyvault.__version__}",
+            ),
+            ARMChallengeAuthenticationPolicy(self._credential, token_scope(self.endpoint)),
+            _CountingPolicy(self.counts, self._lock, self._pacer),
+        ]
 
     def tenant_client(self, client_class: type, *policies: SansIOHTTPPolicy):
         """An SDK client of a tenant-level API (management groups, Resource Graph), one per
@@ -350,8 +388,9 @@ class Arm:
             return client
 
     def tenant_read(self, call: Callable[..., T]) -> T:
-        """One read outside any subscription's quota, retried like every read."""
-        return self._read(None, call)
+        """One read outside any subscription's quota, retried like every read (and not by
+        the client: its default pipeline has a retry policy, turned off per call)."""
+        return self._read(None, lambda **options: call(retry_total=0, **options))
 
     def now(self) -> float:
         """This Arm's clock (monotonic seconds)."""
@@ -418,7 +457,6 @@ class Arm:
                 self._pace(subscription, "reads")
             try:
                 return call(
-                    retry_total=0,
                     connection_timeout=self._timeout(CONNECT_TIMEOUT),
                     read_timeout=self._timeout(READ_TIMEOUT),
                 )
@@ -441,12 +479,12 @@ class Arm:
         and all; None if it does not exist (any more)."""
         vaults = self._client(ref.subscription).vaults
         try:
-            vault = self._read(
-                ref.subscription, lambda **kw: vaults.get(ref.resource_group, ref.name, **kw)
+            return self._read(
+                ref.subscription,
+                lambda **kw: vaults.get(ref.resource_group, ref.name, **RAW_JSON, **kw),
             )
         except ResourceNotFoundError:
             return None
-        return vault.as_dict()
 
     def get_deleted_vault(self, ref: VaultRef, location: str) -> DeletedVault | None:
         """The soft-deleted vault of this id in `location`, or None once it is purged (or
@@ -454,11 +492,12 @@ class Arm:
         vaults = self._client(ref.subscription).vaults
         try:
             deleted = self._read(
-                ref.subscription, lambda **kw: vaults.get_deleted(ref.name, location, **kw)
+                ref.subscription,
+                lambda **kw: vaults.get_deleted(ref.name, location, **RAW_JSON, **kw),
             )
         except ResourceNotFoundError:
             return None
-        properties = deleted.as_dict().get("properties") or {}
+        properties = deleted.get("properties") or {}
         if str(properties.get("vaultId", "")).lower() != ref.id.lower():
             return None  # a deleted vault of that name in another resource group
         return DeletedVault(
@@ -472,7 +511,7 @@ class Arm:
         """One PATCH of the complete networkAcls, and nothing else (never accessPolicies);
         `publicNetworkAccess` only when a lock-down option switches it, in the same write.
 
-        Deliberately a single attempt (azure-core's retry is off for it): a retry must not
+        Deliberately a single attempt (the client has no retry policy): a retry must not
         re-send this body, because the vault may have changed meanwhile (a 409 means someone
         else is writing it). The caller re-reads, re-plans and paces with `write_backoff()`.
         """
@@ -486,9 +525,9 @@ class Arm:
                 ref.resource_group,
                 ref.name,
                 body,
-                retry_total=0,
                 connection_timeout=self._timeout(CONNECT_TIMEOUT),
                 read_timeout=self._timeout(WRITE_TIMEOUT),
+                **RAW_JSON,
             )
         except HttpResponseError as exc:
             # Every 4xx means the write was not applied; anything else (5xx, a response cut
@@ -508,7 +547,7 @@ class Arm:
                 retryable=True,
                 maybe_applied=isinstance(exc, ServiceResponseError),
             ) from None
-        return to_state(vault)
+        return state_of(vault)
 
     def write_backoff(self) -> Backoff:
         """Pacing for the attempts at one vault's write, within `write_retry_seconds`."""

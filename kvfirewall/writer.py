@@ -167,6 +167,8 @@ class VaultWorker:
         # Changes and failures at INFO/WARNING; the steady state (most vaults, most runs)
         # at DEBUG, so that hourly runs over thousands of vaults log only what matters.
         level = _LOG_LEVELS.get(result.outcome, logging.DEBUG)
+        if not log.isEnabledFor(level):  # no record, nor its fields, for a line not logged
+            return result
         log.log(
             level,
             "kvfirewall vault outcome=%s id=%s source=%s: %s",

@@ -29,6 +29,7 @@ def test_the_benchmark_runs_every_phase_and_the_rerun_writes_nothing():
         for field in ("seconds", "reads", "writes", "throttledClient", "throttledEmulator"):
             assert isinstance(row[field], (int, float)), field
         assert row["peakRssMb"] > 0
+        assert row["cpuMsPerVault"] > 0  # the run's own CPU, per vault it reconciled
     full, rerun = rows["full"], rows["rerun"]
     assert full["counts"] == {"updated": 20} and full["writesApplied"] == 20
     assert 0 < full["quotaUse"] <= 1 and full["writesPerSecond"] > 0

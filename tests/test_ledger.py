@@ -331,3 +331,24 @@ def test_entries_not_listed_are_found_per_subscription(store):
     subscription = VAULT.split("/")[2]
     found = dict(store.entries_not_in([subscription], {VAULT}))
     assert list(found) == [OTHER] and found[OTHER].ip_rules == ENTRY.ip_rules
+
+
+def test_an_entry_being_written_is_not_taken_for_an_unlisted_one(tmp_path, monkeypatch):
+    """A sweep that passes over the directory while a listed vault's entry is being written
+    (its data complete, not yet renamed into place) must not find that vault unlisted: it
+    would be taken for deleted."""
+    store = LocalStore(tmp_path)
+    store.write_entry(VAULT, ENTRY, base=LedgerEntry())
+    subscription = VAULT.split("/")[2]
+    found_meanwhile: list[dict] = []
+    rename = ledger.os.replace
+
+    def sweep_then_rename(source, target):
+        found_meanwhile.append(dict(store.entries_not_in([subscription], {VAULT})))
+        rename(source, target)
+
+    monkeypatch.setattr(ledger.os, "replace", sweep_then_rename)
+    store.write_entry(
+        VAULT, dataclasses.replace(ENTRY, subnets=frozenset()), base=store.read_entry(VAULT)
+    )
+    assert found_meanwhile == [{}]
