@@ -41,7 +41,13 @@ def status_http(req: func.HttpRequest) -> func.HttpResponse:
         if params.get("format", "html") not in ("html", "json"):
             raise BadRequest("format must be html or json")
         query = parse_status_query(params)
-        status = read_status(service_from_env().store, query, now=datetime.now(timezone.utc))
+        service = service_from_env()
+        status = read_status(
+            service.store,
+            query,
+            now=datetime.now(timezone.utc),
+            leases=service.settings.leases.enabled,
+        )
         if params.get("format") == "json":
             return json_response(200, status_json(status), headers=SECURITY_HEADERS)
         nonce = secrets.token_urlsafe(18)

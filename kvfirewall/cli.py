@@ -153,7 +153,12 @@ def _status(service: Service, *, as_json: bool) -> int:
     from kvfirewall.status import StatusQuery, status_json, status_text
     from kvfirewall.status_store import read_status
 
-    status = read_status(service.store, StatusQuery(), now=datetime.now(timezone.utc))
+    status = read_status(
+        service.store,
+        StatusQuery(),
+        now=datetime.now(timezone.utc),
+        leases=service.settings.leases.enabled,
+    )
     print(json.dumps(status_json(status), indent=2) if as_json else status_text(status))
     return 0
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from kvfirewall.ledger import LedgerEntry
 from kvfirewall.report import parse_report_name
 from kvfirewall.status import (
+    ActiveLease,
     Status,
     StatusQuery,
     build_status,
@@ -56,8 +57,9 @@ class _Versions:
 _versions = _Versions()
 
 
-def read_status(store, query: StatusQuery, *, now: datetime) -> Status:
-    """The status model from `store` (a `StateStore` with stored reports)."""
+def read_status(store, query: StatusQuery, *, now: datetime, leases: bool = False) -> Status:
+    """The status model from `store` (a `StateStore` with stored reports); with `leases`
+    (KVF_LEASES on), the access leases open at `now`, one row per vault."""
     runs = store.list_reports()
     report = json.loads(store.read_report(runs[0].name)) if runs else None
     snapshot = store.read_snapshot()
@@ -81,7 +83,20 @@ def read_status(store, query: StatusQuery, *, now: datetime) -> Status:
         snapshot_version=snapshot.version if snapshot else None,
         snapshot_prefixes=len(snapshot.prefixes) if snapshot else 0,
         since=since,
+        leases=_active_leases(store, now) if leases else None,
     )
+
+
+def _active_leases(store, now: datetime) -> list[ActiveLease]:
+    return [
+        ActiveLease(
+            vault=vault.id,
+            holder=f"{record.lease.principal} from {record.lease.ip}",
+            expires=record.ends_at,
+        )
+        for record in store.lease_records().active(now)
+        for vault in record.lease.vaults
+    ]
 
 
 def list_runs(store) -> dict:

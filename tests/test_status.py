@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 from html.parser import HTMLParser
 from ipaddress import IPv4Network
@@ -276,3 +277,39 @@ def test_the_cli_prints_the_stored_runs_status(tmp_path, monkeypatch, capsys):
     assert main(["status", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["summary"]["failed"] == c["failed"] and len(data["runs"]) == len(runs)
+
+
+def test_open_access_leases_show_while_leases_are_on(tmp_path):
+    """Who holds which vault open, from which address, until when: only the leases still
+    open, and no section at all for a deployment without leases."""
+    from ipaddress import IPv4Address
+
+    from kvfirewall.lease_store import LeaseRecord
+    from kvfirewall.leases import Lease
+    from kvfirewall.rules import parse_vault_id
+    from kvfirewall.status import StatusQuery
+    from kvfirewall.status_store import read_status
+
+    store = LocalStore(tmp_path)
+    vault = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv-a"
+    principal = "3f1c2a4b-1111-4222-8333-444455556666"
+
+    def lease(lease_id: str, minutes: int) -> LeaseRecord:
+        return LeaseRecord(
+            Lease(
+                id=lease_id,
+                ip=IPv4Address("20.50.60.70"),
+                principal=principal,
+                expires_at=NOW + timedelta(minutes=minutes),
+                vaults=(parse_vault_id(vault),),
+            )
+        )
+
+    store.lease_records().write(lease(str(uuid.uuid4()), 30))
+    store.lease_records().write(lease(str(uuid.uuid4()), -1))  # ended
+    status = read_status(store, StatusQuery(), now=NOW, leases=True)
+    assert [(x.vault, x.holder) for x in status.leases] == [
+        (vault, f"{principal} from 20.50.60.70")
+    ]
+    assert "20.50.60.70" in render_status_page(status, nonce="n", key=None)
+    assert read_status(store, StatusQuery(), now=NOW).leases is None
