@@ -271,6 +271,9 @@ def _nothing_to_add(ref: PoolRef) -> str:
 
 # ---- the Microsoft.KeyVault service endpoint of a subnet ----------------------------------
 
+# In the warning about a subnet without the endpoint (the status page picks those out).
+LACKS_ENDPOINT = f"lacks the {KEY_VAULT_SERVICE} service endpoint"
+
 
 class EndpointStatus(Enum):
     """Whether a subnet rule can take effect: the subnet's `Microsoft.KeyVault` endpoint."""
@@ -302,7 +305,7 @@ class SubnetEndpoint:
         # `--service-endpoints` replaces the subnet's list, so the fix names the ones it has.
         wanted = " ".join((*self.services, KEY_VAULT_SERVICE))
         return (
-            f"subnet {self.subnet_id} lacks the {KEY_VAULT_SERVICE} service endpoint: its "
+            f"subnet {self.subnet_id} {LACKS_ENDPOINT}: its "
             "virtual network rule is written but admits nothing until the endpoint exists. "
             f"Fix: az network vnet subnet update --ids {self.subnet_id} "
             f"--service-endpoints {wanted}"

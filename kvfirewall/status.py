@@ -16,11 +16,12 @@ from typing import Literal, get_args
 
 from kvfirewall.api import BadRequest
 from kvfirewall.ledger import LedgerEntry
+from kvfirewall.pools import LACKS_ENDPOINT
 from kvfirewall.report import ReportInfo
 
 Outcome = Literal["updated", "unchanged", "planned", "skipped", "failed"]
 SortKey = Literal["outcome", "vault", "changes"]
-NoticeKind = Literal["source", "budget", "other"]
+NoticeKind = Literal["source", "budget", "endpoint", "other"]
 Owner = Literal["kvfirewall", "others"]
 
 OUTCOME_NAMES: tuple[Outcome, ...] = get_args(Outcome)
@@ -316,7 +317,11 @@ def _notices(report: Mapping) -> list[Notice]:
         )
     warnings = report.get("warnings") if isinstance(report.get("warnings"), list) else []
     for warning in map(str, warnings):
-        kind: NoticeKind = "source" if warning.startswith(REFUSED_SOURCE) else "other"
+        kind: NoticeKind = "other"
+        if warning.startswith(REFUSED_SOURCE):
+            kind = "source"
+        elif warning.startswith("subnet ") and LACKS_ENDPOINT in warning:
+            kind = "endpoint"
         notices.append(Notice(kind=kind, text=warning))
     return notices
 

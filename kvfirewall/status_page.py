@@ -226,7 +226,12 @@ def _chart(status: Status) -> list[str]:
 def _notices(status: Status) -> list[str]:
     if not status.notices:
         return []
-    labels = {"source": "IP source refused", "budget": "Cut short", "other": "Warning"}
+    labels = {
+        "source": "IP source refused",
+        "budget": "Cut short",
+        "endpoint": "No service endpoint",
+        "other": "Warning",
+    }
     return [
         '<section><h2>Warnings</h2><ul class="notices">',
         *(

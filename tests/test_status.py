@@ -160,14 +160,19 @@ def test_each_vaults_rules_say_whose_they_are():
     }
 
 
-def test_warnings_show_refused_sources_and_a_run_cut_short():
+def test_warnings_show_refused_sources_subnets_without_endpoint_and_a_run_cut_short():
+    from kvfirewall.pools import EndpointStatus, SubnetEndpoint
+
     refused = (
         "IP source refused (api version 7 is older than 8); using the last good snapshot, version 8"
     )
-    stored = report(estate(10), warnings=[refused, "listing sub-x failed"], cut_short=4)
+    subnet = "/subscriptions/x/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/v/subnets/agents"
+    endpoint = SubnetEndpoint(subnet_id=subnet, status=EndpointStatus.MISSING).warning
+    stored = report(estate(10), warnings=[refused, endpoint, "listing sub-x failed"], cut_short=4)
     notices = status_of(stored).notices
     assert [(n.kind, n.text) for n in notices][1:] == [
         ("source", refused),
+        ("endpoint", endpoint),
         ("other", "listing sub-x failed"),
     ]
     assert notices[0].kind == "budget" and "4 vaults not reached" in notices[0].text
