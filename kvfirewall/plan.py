@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from kvfirewall.ledger import LedgerEntry
+from kvfirewall.entries import LedgerEntry
 from kvfirewall.ranges import Desired
 from kvfirewall.rules import IPV4_RULE_LIMIT, VNET_RULE_LIMIT, current_ip_network, subnet_key
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Literal, get_args
 
 from kvfirewall.api import BadRequest
-from kvfirewall.ledger import LedgerEntry
+from kvfirewall.entries import LedgerEntry
 from kvfirewall.pools import LACKS_ENDPOINT
 from kvfirewall.report import ReportInfo
 

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
-from kvfirewall.ledger import LedgerEntry
+from kvfirewall.entries import LedgerEntry
 from kvfirewall.report import parse_report_name
 from kvfirewall.status import (
     ActiveLease,

@@ -33,6 +33,22 @@ def test_the_engine_never_imports_azure_functions():
         assert not imports, path
 
 
+def test_the_pure_core_imports_no_storage_or_azure_code():
+    """The planner, the ranges and the status model decide from values alone: a test of them
+    needs no storage and no Azure SDK (run in a fresh interpreter, where nothing is cached)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import kvfirewall.plan, kvfirewall.ranges, kvfirewall.status; "
+        "print(sorted(m for m in sys.modules if m.startswith(('azure', 'kvfirewall.ledger'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
 def test_the_readme_starts_azurite_as_the_tests_do():
     """Azurite refuses the storage SDKs' newer API versions unless told not to check them."""
     readme = (ROOT / "README.md").read_text()
