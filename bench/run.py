@@ -192,7 +192,7 @@ def row(
     quota = not args.no_throttle and phase in ("full", "rerun", "graph-rerun")
     ceiling = args.subscriptions * (WRITE_BURST + WRITE_REFILL_PER_SECOND * seconds)
     emulator_429 = emu["throttledReads"] + emu["throttledWrites"]
-    floor = max(0.0, (emu["maxWritesPerSubscription"] - WRITE_BURST) / WRITE_REFILL_PER_SECOND)
+    floor = quota_floor(emu["maxWritesPerSubscription"])
     return {
         "vaults": args.vaults,
         "subscriptions": args.subscriptions,
@@ -232,6 +232,12 @@ def row(
         "cutShort": result["cutShort"],
         "errors": result["errors"],
     }
+
+
+def quota_floor(writes_in_busiest_subscription: int) -> float:
+    """The least time the write buckets allow for a run: after the burst, the busiest
+    subscription's writes at the refill rate."""
+    return max(0.0, (writes_in_busiest_subscription - WRITE_BURST) / WRITE_REFILL_PER_SECOND)
 
 
 def cells(data: dict) -> list[str]:

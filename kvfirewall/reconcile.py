@@ -412,7 +412,9 @@ def _listed(
     current = ""  # the subscription of the last row: those before it are complete
     try:
         reserve = VAULT_RESERVE_SECONDS * reserve_scale
-        for state in graph.vaults(scope.subscriptions, reserve_seconds=reserve):
+        for state in graph.vaults(
+            scope.subscriptions, reserve_seconds=reserve, thread_init=thread_init
+        ):
             seen.add(state.id.lower())
             current = state.id.split("/")[2].lower()
             yield state

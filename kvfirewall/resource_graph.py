@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 from azure.core.pipeline.policies import SansIOHTTPPolicy
@@ -97,25 +98,59 @@ class ResourceGraph:
         self._client = arm.tenant_client(ResourceGraphClient, self.quota)
 
     def vaults(
-        self, subscriptions: Sequence[str], *, reserve_seconds: float = 0.0
+        self,
+        subscriptions: Sequence[str],
+        *,
+        reserve_seconds: float = 0.0,
+        thread_init: Callable[[], None] | None = None,
     ) -> Iterator[VaultState]:
         """Every vault of these subscriptions, ordered by id (subscriptions in sorted order,
         `MAX_SUBSCRIPTIONS` a query), page by page. No page is asked for with less than
-        `reserve_seconds` of the budget left (`OutOfTime`); a page that cannot be had raises
-        `GraphFailed`."""
+        `reserve_seconds` of the budget left (`OutOfTime`, once the rows already had are
+        yielded); a page that cannot be had raises `GraphFailed`.
+
+        The next page is fetched, on a thread of its own, while the caller works through the
+        current one: a query's round trip is then hidden behind the reconcile of the rows
+        before it, and memory holds at most two pages. A caller that stops early leaves at
+        most one page read beyond the one it was given, which is awaited before returning,
+        so that no request outlives the listing."""
         ordered = sorted(subscriptions)
-        for start in range(0, len(ordered), MAX_SUBSCRIPTIONS):
-            batch = ordered[start : start + MAX_SUBSCRIPTIONS]
-            token: str | None = None
-            while True:
-                remaining = self._arm.remaining()
-                if remaining is not None and remaining < reserve_seconds:
-                    raise OutOfTime("listing through Resource Graph stopped: the budget is spent")
-                data, token = self._page(batch, token)
+        batches = iter(
+            [ordered[i : i + MAX_SUBSCRIPTIONS] for i in range(0, len(ordered), MAX_SUBSCRIPTIONS)]
+        )
+        ahead = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="kvf-graph", initializer=thread_init
+        )
+        try:
+            batch: list[str] | None = next(batches, None)
+            if batch is None:
+                return
+            self._check_budget(reserve_seconds)
+            pending: Future | None = ahead.submit(self._page, batch, None)
+            while pending is not None:
+                data, token = pending.result()
+                pending = None
+                if not token:
+                    batch, token = next(batches, None), None
+                stopped: OutOfTime | None = None
+                if batch is not None:
+                    try:
+                        self._check_budget(reserve_seconds)
+                        pending = ahead.submit(self._page, batch, token)
+                    except OutOfTime as exc:
+                        stopped = exc  # raised once this page's rows are yielded
                 for row in data:
                     yield _state(row)
-                if not token:
-                    break
+                if stopped is not None:
+                    raise stopped
+        finally:
+            ahead.shutdown(wait=True, cancel_futures=True)
+
+    def _check_budget(self, reserve_seconds: float) -> None:
+        """`OutOfTime` once less than `reserve_seconds` of the budget is left."""
+        remaining = self._arm.remaining()
+        if remaining is not None and remaining < reserve_seconds:
+            raise OutOfTime("listing through Resource Graph stopped: the budget is spent")
 
     def _page(self, subscriptions: list[str], token: str | None) -> tuple[list, str | None]:
         from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions

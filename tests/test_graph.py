@@ -8,6 +8,7 @@ that a stale row never makes a wrong write.
 from __future__ import annotations
 
 import math
+import threading
 from ipaddress import ip_network
 
 import pytest
@@ -19,7 +20,7 @@ from kvfirewall.reconcile import reconcile
 from kvfirewall.resource_graph import GraphFailed, ResourceGraph
 from kvfirewall.rules import parse_vault_id
 from kvfirewall.settings import Settings, SettingsError, StateLocation
-from kvfirewall.vaults import Arm
+from kvfirewall.vaults import Arm, OutOfTime
 from tests.test_vaults import FakeTime  # one simulated clock for the quota and the waits
 
 SUB_A = "11111111-1111-1111-1111-111111111111"
@@ -197,6 +198,65 @@ def test_graph_pages_hold_1000_rows_in_id_order(emulator):
     assert [q.body["options"]["$top"] for q in queries] == [1000, 1000, 1000]
     assert [bool(q.body["options"].get("$skipToken")) for q in queries] == [False, True, True]
     assert arm.counts.reads == 3 and arm.counts.writes == 0  # a query is a read
+
+
+def graph_queries(emulator) -> list:
+    return [r for r in emulator.requests if r.path.endswith("Microsoft.ResourceGraph/resources")]
+
+
+def test_the_next_graph_page_is_fetched_while_the_caller_works_and_no_further(emulator):
+    """While the caller holds a page's rows, the next page is asked for; a caller that stops
+    early leaves at most that one page read beyond its own, and rows come in id order."""
+    emulator.graph.page_size = 2
+    ids = sorted((emulator.add_vault(SUB_A, "rg", f"kv-{i:02d}") for i in range(10)), key=str.lower)
+    second_asked = threading.Event()
+    asked: list[int] = []
+
+    def count(_emulator) -> None:
+        asked.append(len(asked))
+        if len(asked) == 2:
+            second_asked.set()
+
+    emulator.intercept("POST", "Microsoft.ResourceGraph/resources", before=count, times=5)
+    arm = Arm(endpoint=emulator.url, subscriptions=(SUB_A,))
+    listing = ResourceGraph(arm).vaults([SUB_A])
+
+    taken = [next(listing).id]
+    assert second_asked.wait(timeout=30)  # page 2 asked for while page 1 is in the caller's hands
+    taken += [next(listing).id, next(listing).id]  # the rest of page 1, the first row of page 2
+    listing.close()
+
+    assert taken == ids[:3]
+    # Page 3 may have been asked for ahead (or cancelled before it was); pages 4 and 5 never.
+    assert len(graph_queries(emulator)) <= 3
+    emulator.clear_log()
+    assert [state.id for state in ResourceGraph(arm).vaults([SUB_A])] == ids
+    assert len(graph_queries(emulator)) == 5
+
+
+def test_no_graph_page_is_asked_for_ahead_once_the_budget_is_spent(emulator):
+    """The page fetched ahead is still yielded; the one after it, which the budget no longer
+    allows, is never asked for."""
+    emulator.graph.page_size = 2
+    ids = sorted((emulator.add_vault(SUB_A, "rg", f"kv-{i}") for i in range(6)), key=str.lower)
+    fake = FakeTime()
+    arm = Arm(
+        endpoint=emulator.url,
+        subscriptions=(SUB_A,),
+        sleep=fake.sleep,
+        clock=fake.clock,
+        budget_seconds=10,
+    )
+    listing = ResourceGraph(arm).vaults([SUB_A], reserve_seconds=5)
+
+    taken = [next(listing).id, next(listing).id]  # page 1; page 2 asked for meanwhile
+    fake.now = 6.0  # 4 s left, less than the 5 s a page needs in reserve
+    taken += [next(listing).id, next(listing).id]
+    with pytest.raises(OutOfTime):
+        next(listing)
+
+    assert taken == ids[:4]
+    assert len(graph_queries(emulator)) == 2
 
 
 def test_the_graph_quota_is_waited_for_rather_than_spent(emulator):
