@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from queue import Empty, Full, Queue
 
@@ -318,10 +318,14 @@ def _reconcile_listed(
 
     At most `2 * WORKERS` vaults are in the workers' hands and `LISTED_QUEUE` listed ones wait
     for them, so memory stays flat however large the estate: the report counts each result
-    and keeps (or spools) it; only the listed vaults' keys are kept, for `_sweep`.
+    and keeps (or spools) it; only the listed vaults' keys are kept, for `_sweep`. Waiting
+    vaults are handed out round the subscriptions (`_Turns`): each subscription has its own
+    write quota, and a page of one subscription's vaults handed out in a row would have every
+    worker wait for that one quota while the others' refill unused.
     """
     listing = Listing(subscriptions=scope.subscriptions)
-    in_flight: deque[Future[VaultResult | str]] = deque()
+    in_flight: dict[Future[VaultResult | str], str] = {}
+    turns = _Turns()
     work = worker.in_budget if enqueue is None else functools.partial(_triaged, worker)
 
     def finish(result: VaultResult | str) -> None:
@@ -339,6 +343,18 @@ def _reconcile_listed(
         if progress:
             progress(report.total, result)
 
+    def hand_out(pool: ThreadPoolExecutor) -> None:
+        while turns.waiting and len(in_flight) < 2 * WORKERS:
+            subscription, state = turns.next()
+            in_flight[pool.submit(work, state)] = subscription
+
+    def collect(*, block: bool) -> None:
+        """Finish what is done (with `block`, after waiting for at least one)."""
+        done, _ = wait(in_flight, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        for future in done:
+            turns.finished(in_flight.pop(future))
+            finish(future.result())
+
     with ThreadPoolExecutor(max_workers=WORKERS, initializer=thread_init) as pool:
         for item in _listed(settings, scope, arm, thread_init, reserve_scale):
             if isinstance(item, str):
@@ -350,12 +366,44 @@ def _reconcile_listed(
                 if not in_scope(item, settings, managed):
                     report.out_of_scope += 1
                 else:
-                    in_flight.append(pool.submit(work, item))
-            while in_flight and (len(in_flight) >= 2 * WORKERS or in_flight[0].done()):
-                finish(in_flight.popleft().result())
-        while in_flight:
-            finish(in_flight.popleft().result())
+                    turns.add(item.id.split("/")[2].lower(), item)
+            hand_out(pool)
+            collect(block=turns.waiting >= LISTED_QUEUE)
+            hand_out(pool)
+        while turns.waiting or in_flight:
+            hand_out(pool)
+            collect(block=True)
     return listing
+
+
+class _Turns:
+    """Listed vaults waiting for a worker, handed out by subscription: next from the one with
+    the fewest vaults in the workers' hands (the least recently served among equals)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, deque[VaultState]] = {}
+        self._busy: dict[str, int] = {}
+        self._served = 0
+        self._last: dict[str, int] = {}
+        self.waiting = 0
+
+    def add(self, subscription: str, state: VaultState) -> None:
+        self._waiting.setdefault(subscription, deque()).append(state)
+        self.waiting += 1
+
+    def next(self) -> tuple[str, VaultState]:
+        subscription = min(
+            (s for s, states in self._waiting.items() if states),
+            key=lambda s: (self._busy.get(s, 0), self._last.get(s, -1)),
+        )
+        self._busy[subscription] = self._busy.get(subscription, 0) + 1
+        self._served += 1
+        self._last[subscription] = self._served
+        self.waiting -= 1
+        return subscription, self._waiting[subscription].popleft()
+
+    def finished(self, subscription: str) -> None:
+        self._busy[subscription] -= 1
 
 
 @dataclasses.dataclass

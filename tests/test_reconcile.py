@@ -16,6 +16,7 @@ from emulator import server as emulator_server
 from kvfirewall import reconcile as engine
 from kvfirewall import writer
 from kvfirewall.ledger import LedgerEntry, LocalStore, open_store
+from kvfirewall.plan import VaultState
 from kvfirewall.reconcile import reconcile
 from kvfirewall.rules import parse_vault_id
 from kvfirewall.settings import Settings
@@ -955,3 +956,19 @@ def test_no_entry_is_swept_in_a_subscription_that_could_not_be_listed(
     run()
     assert not ledger_of(tmp_path, estate["bare"]).deleted_at
     assert not [r for r in emulator.requests if "kv-bare" in r.path]
+
+
+def test_waiting_vaults_are_handed_out_round_the_subscriptions():
+    """A page of one subscription's vaults must not fill every worker: each subscription has
+    its own write quota, and the others' would refill unused while all wait for one."""
+    turns = engine._Turns()
+    for sub, count in (("a", 4), ("b", 2), ("c", 1)):
+        for n in range(count):
+            turns.add(sub, VaultState(id=f"/subscriptions/{sub}/vault-{n}", tags={}))
+    handed = [turns.next()[0] for _ in range(4)]
+    assert handed == ["a", "b", "c", "a"]  # the first of each before a second of any
+    turns.finished("c")  # c's vault is done: but c has none waiting, b is served
+    turns.finished("a")
+    turns.finished("a")  # a now has none in the workers' hands, b has one
+    assert [turns.next()[0] for _ in range(3)] == ["a", "b", "a"]
+    assert turns.waiting == 0
