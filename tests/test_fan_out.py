@@ -422,8 +422,12 @@ def test_storage_and_resource_manager_calls_per_queued_vault(
         kind = {azurite.split("BlobEndpoint=")[1].split("/")[2].split(":")[1]: "blob",
                 azurite.split("TableEndpoint=")[1].split("/")[2].split(":")[1]: "table",
                 azurite.split("QueueEndpoint=")[1].split("/")[2].split(":")[1]: "queue"}.get(port, "arm")  # fmt: skip
-        calls[(kind, request.method)] += 1
-        return send(request, **kwargs)
+        response = send(request, **kwargs)
+        # A report name already taken (this test's two runs may start within one second, and
+        # the second then takes `-2`) is answered 409 and changes nothing: not a cost per vault.
+        if not (kind == "blob" and request.method == "PUT" and response.status_code == 409):
+            calls[(kind, request.method)] += 1
+        return response
 
     for n in range(20):
         emulator.add_vault(SUB_A, "apps", f"kv-{n:02}", tags=TAG)
