@@ -13,9 +13,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
-from queue import Empty, Full, Queue
+from queue import Empty, Full, Queue, SimpleQueue
 
 from kvfirewall.agent_networks import AgentNetworks
 from kvfirewall.agent_pools import SubnetCheck, check_subnets, pools_json, resolve_pools
@@ -343,15 +343,23 @@ def _reconcile_listed(
         if progress:
             progress(report.total, result)
 
+    done: SimpleQueue[Future[VaultResult | str]] = SimpleQueue()  # in the order they end
+
     def hand_out(pool: ThreadPoolExecutor) -> None:
         while turns.waiting and len(in_flight) < 2 * WORKERS:
             subscription, state = turns.next()
-            in_flight[pool.submit(work, state)] = subscription
+            future = pool.submit(work, state)
+            in_flight[future] = subscription
+            future.add_done_callback(done.put)
 
     def collect(*, block: bool) -> None:
         """Finish what is done (with `block`, after waiting for at least one)."""
-        done, _ = wait(in_flight, timeout=None if block else 0, return_when=FIRST_COMPLETED)
-        for future in done:
+        while in_flight:
+            try:
+                future = done.get(block=block)
+            except Empty:
+                return
+            block = False
             turns.finished(in_flight.pop(future))
             finish(future.result())
 
