@@ -401,14 +401,17 @@ class _Turns:
 
     def next(self) -> tuple[str, VaultState]:
         subscription = min(
-            (s for s, states in self._waiting.items() if states),
-            key=lambda s: (self._busy.get(s, 0), self._last.get(s, -1)),
+            self._waiting, key=lambda s: (self._busy.get(s, 0), self._last.get(s, -1))
         )
         self._busy[subscription] = self._busy.get(subscription, 0) + 1
         self._served += 1
         self._last[subscription] = self._served
         self.waiting -= 1
-        return subscription, self._waiting[subscription].popleft()
+        states = self._waiting[subscription]
+        state = states.popleft()
+        if not states:  # only subscriptions with vaults waiting are looked at
+            del self._waiting[subscription]
+        return subscription, state
 
     def finished(self, subscription: str) -> None:
         self._busy[subscription] -= 1
