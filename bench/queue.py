@@ -46,6 +46,7 @@ from bench.run import (
     EmulatorProcess,
     log,
     phase_env,
+    print_table,
     quota_floor,
     row,
 )
@@ -360,18 +361,10 @@ SIM_COLUMNS = (
 )
 
 
-def print_table(columns: tuple, rows: list[dict], *, markdown: bool) -> None:
+def print_columns(columns: tuple, rows: list[dict], *, markdown: bool) -> None:
     header = [title for title, _, _ in columns]
     body = [["-" if r[k] is None else f.format(r[k]) for _, k, f in columns] for r in rows]
-    if markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "|".join("---:" for _ in header) + "|")
-        for line in body:
-            print("| " + " | ".join(line) + " |")
-        return
-    widths = [max(len(c) for c in column) for column in zip(header, *body, strict=True)]
-    for line in (header, *body):
-        print("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
+    print_table(header, body, markdown=markdown)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -428,9 +421,9 @@ def main(argv: list[str] | None = None) -> int:
             f"(all {data['cpuSecondsAll']:.1f} s), {data['counts']}"
         )
     simulated = [r for n, s in estates for r in simulate(measured, n, s)]
-    print_table(COLUMNS, measured, markdown=args.markdown)
+    print_columns(COLUMNS, measured, markdown=args.markdown)
     print()
-    print_table(SIM_COLUMNS, simulated, markdown=args.markdown)
+    print_columns(SIM_COLUMNS, simulated, markdown=args.markdown)
     for data in (*measured, *simulated):
         print(json.dumps(data))
     return 0

@@ -250,10 +250,18 @@ def cells(data: dict) -> list[str]:
 
 def print_rows(rows: list[dict], *, markdown: bool) -> None:
     header = [title for title, _, _ in COLUMNS]
-    body = [cells(r) for r in rows]
+    print_table(header, [cells(r) for r in rows], markdown=markdown, text_column=3)
+
+
+def print_table(
+    header: list[str], body: list[list[str]], *, markdown: bool, text_column: int | None = None
+) -> None:
+    """A table for people: markdown (for the README), or right-aligned columns; numbers are
+    aligned right in both, `text_column` left in markdown."""
     if markdown:
         print("| " + " | ".join(header) + " |")
-        print("|" + "|".join("---" if i == 3 else "---:" for i in range(len(header))) + "|")
+        align = ("---" if i == text_column else "---:" for i in range(len(header)))
+        print("|" + "|".join(align) + "|")
         for line in body:
             print("| " + " | ".join(line) + " |")
         return
