@@ -23,7 +23,6 @@ from enum import Enum
 from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
-from azure.core.pipeline.policies import SansIOHTTPPolicy
 
 from kvfirewall.clouds import default_credential, token_scope
 from kvfirewall.errors import is_transient, one_line
@@ -42,7 +41,14 @@ from kvfirewall.pools import (
 )
 from kvfirewall.rules import SUBNET_ID_RE
 from kvfirewall.transport import shared_transport
-from kvfirewall.vaults import CONNECT_TIMEOUT, READ_TIMEOUT, USER_AGENT, WRITE_TIMEOUT, CallCounts
+from kvfirewall.vaults import (
+    CONNECT_TIMEOUT,
+    READ_TIMEOUT,
+    USER_AGENT,
+    WRITE_TIMEOUT,
+    CallCounts,
+    CountingPolicy,
+)
 
 # azure-mgmt-devopsinfrastructure 1.0.0 defaults to 2024-10-19, which has no static addresses.
 POOLS_API_VERSION = "2025-09-20"
@@ -68,26 +74,6 @@ class EndpointFix:
     subnet_id: str
     outcome: FixOutcome
     detail: str = ""
-
-
-class _Counter(SansIOHTTPPolicy):
-    """Counts the requests sent (GET/HEAD as reads, the rest as writes)."""
-
-    def __init__(self, counts: CallCounts, lock: threading.Lock) -> None:
-        self._counts = counts
-        self._lock = lock
-
-    def on_request(self, request) -> None:
-        with self._lock:
-            if request.http_request.method.upper() in ("GET", "HEAD"):
-                self._counts.reads += 1
-            else:
-                self._counts.writes += 1
-
-    def on_response(self, request, response) -> None:
-        if response.http_response.status_code == 429:
-            with self._lock:
-                self._counts.throttled += 1
 
 
 def classify(exc: Exception) -> PoolStatus:
@@ -170,7 +156,7 @@ class AgentNetworks:
         options: dict[str, Any] = {
             "base_url": self.endpoint,
             "credential_scopes": [token_scope(self.endpoint)],
-            "per_retry_policies": [_Counter(self.counts, self._lock)],
+            "per_retry_policies": [CountingPolicy(self.counts, self._lock)],
             "user_agent": USER_AGENT,
             "transport": shared_transport(),
         }

@@ -146,15 +146,12 @@ class _Pacer:
                 self._blocked_until = max(self._blocked_until, now + retry_after)
 
 
-class _CountingPolicy(SansIOHTTPPolicy):
-    """Counts requests and 429s, and tells each subscription's pacer what ARM answered."""
+class CountingPolicy(SansIOHTTPPolicy):
+    """Counts the requests sent (GET/HEAD as reads, the rest as writes) and the 429s."""
 
-    def __init__(
-        self, counts: CallCounts, lock: threading.Lock, pacer: Callable[[str, str], _Pacer]
-    ) -> None:
+    def __init__(self, counts: CallCounts, lock: threading.Lock) -> None:
         self._counts = counts
         self._lock = lock
-        self._pacer = pacer
 
     def on_request(self, request) -> None:
         with self._lock:
@@ -164,11 +161,24 @@ class _CountingPolicy(SansIOHTTPPolicy):
                 self._counts.writes += 1
 
     def on_response(self, request, response) -> None:
-        status = response.http_response.status_code
-        if status == 429:
+        if response.http_response.status_code == 429:
             with self._lock:
                 self._counts.throttled += 1
-        kind = "reads" if request.http_request.method.upper() in ("GET", "HEAD") else "writes"
+
+
+class _CountingPolicy(CountingPolicy):
+    """Counts, and tells each subscription's pacer what ARM answered."""
+
+    def __init__(
+        self, counts: CallCounts, lock: threading.Lock, pacer: Callable[[str, str], _Pacer]
+    ) -> None:
+        super().__init__(counts, lock)
+        self._pacer = pacer
+
+    def on_response(self, request, response) -> None:
+        super().on_response(request, response)
+        status = response.http_response.status_code
+        kind = "reads" if _is_read(request.http_request) else "writes"
         parts = urlsplit(request.http_request.url).path.split("/")
         if len(parts) > 2 and parts[1].lower() == "subscriptions":
             headers = response.http_response.headers
