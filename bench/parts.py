@@ -109,8 +109,8 @@ class _TimedContext:
             return self._inner.__exit__(*exc)
 
 
-def instrument(clock: Clock) -> None:
-    """Wrap every part's functions where their callers look them up."""
+def _targets():
+    """Each part's functions as (part, owner, name, function), where callers look them up."""
     for part, targets in PARTS:
         for module_name, path in targets:
             try:
@@ -121,7 +121,13 @@ def instrument(clock: Clock) -> None:
                 function = getattr(owner, name)
             except (ImportError, AttributeError):
                 continue
-            setattr(owner, name, clock.wrap(part, function))
+            yield part, owner, name, function
+
+
+def instrument(clock: Clock) -> None:
+    """Wrap every part's functions where their callers look them up."""
+    for part, owner, name, function in _targets():
+        setattr(owner, name, clock.wrap(part, function))
 
 
 def measure_phase(service, phase: str) -> dict[str, float]:
@@ -146,17 +152,8 @@ def measure_phase(service, phase: str) -> dict[str, float]:
 
 def uninstrument() -> None:
     """Put the original functions back."""
-    for _, targets in PARTS:
-        for module_name, path in targets:
-            try:
-                owner = importlib.import_module(module_name)
-                *outer, name = path.split(".")
-                for attribute in outer:
-                    owner = getattr(owner, attribute)
-                function = getattr(owner, name)
-            except (ImportError, AttributeError):
-                continue
-            setattr(owner, name, getattr(function, "__wrapped__", function))
+    for _, owner, name, function in _targets():
+        setattr(owner, name, getattr(function, "__wrapped__", function))
 
 
 def main(argv: list[str] | None = None) -> int:
