@@ -42,16 +42,20 @@ def parse_reconcile_request(
         raise BadRequest(f"dryRun must be true or false, not {json_type(dry_run)}")
     if "vaultId" not in document:  # absent means every vault; null is a mistake, not "all"
         return ReconcileRequest(dry_run=dry_run)
-    vault_id = document["vaultId"]
-    if not isinstance(vault_id, str):
-        raise BadRequest(f"vaultId must be a string, not {json_type(vault_id)}")
-    try:
-        vault = parse_vault_id(vault_id)
-    except RuleError as exc:
-        raise BadRequest(f"vaultId: {exc}") from None
+    vault = vault_field(document["vaultId"], field="vaultId")
     if subscriptions is not None and vault.subscription not in subscriptions:
         raise BadRequest(f"vaultId: subscription {vault.subscription} is not managed")
     return ReconcileRequest(vault=vault, dry_run=dry_run)
+
+
+def vault_field(value: object, *, field: str) -> VaultRef:
+    """A field of a request body that must be one Key Vault resource id."""
+    if not isinstance(value, str):
+        raise BadRequest(f"{field} must be a string, not {json_type(value)}")
+    try:
+        return parse_vault_id(value)
+    except RuleError as exc:
+        raise BadRequest(f"{field}: {exc}") from None
 
 
 def json_object(body: bytes, *, fields: tuple[str, ...]) -> dict:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from kvfirewall.api import BadRequest, json_object, json_type
+from kvfirewall.api import BadRequest, json_object, json_type, vault_field
 from kvfirewall.rules import RuleError, VaultRef, parse_vault_id, public_ipv4_network
 
 __all__ = [
@@ -73,12 +73,7 @@ def _vaults(value: object) -> tuple[VaultRef, ...]:
         raise BadRequest(f"vaults must list 1 to {MAX_VAULTS} vault ids, not {len(value)}")
     refs: list[VaultRef] = []
     for index, item in enumerate(value):
-        if not isinstance(item, str):
-            raise BadRequest(f"vaults[{index}] must be a string, not {json_type(item)}")
-        try:
-            ref = parse_vault_id(item)
-        except RuleError as exc:
-            raise BadRequest(f"vaults[{index}]: {exc}") from None
+        ref = vault_field(item, field=f"vaults[{index}]")
         if any(ref.key == seen.key for seen in refs):
             raise BadRequest(f"vaults[{index}] repeats {ref.id}")
         refs.append(ref)
