@@ -287,3 +287,40 @@ def test_single_vault_answers_are_the_json_resource_manager_sent(emulator, arm, 
     deleted = arm.get_deleted_vault(ref, document["location"])
     assert deleted is not None and deleted.scheduled_purge_date
     assert built == []
+
+
+LIST_PATH = f"/subscriptions/{SUB}/providers/Microsoft.KeyVault/vaults$"
+
+
+def test_a_vault_list_page_that_points_off_resource_manager_is_not_followed(emulator, arm):
+    """A list page's nextLink gets the bearer token: one that leaves Resource Manager's host
+    fails the listing instead (the vaults of the page before are still listed)."""
+    ref = parse_vault_id(emulator.add_vault(SUB, "rg", "kv-one"))
+    document = arm.get_vault_document(ref)
+    emulator.fail(
+        "GET",
+        LIST_PATH,
+        200,
+        body={"value": [document], "nextLink": "https://collector.example/vaults?page=2"},
+    )
+    listed = []
+    with pytest.raises(ValueError, match="leaves"):
+        listed.extend(arm.list_vaults(SUB))
+    assert [state.id for state in listed] == [document["id"]]
+
+
+def test_a_vault_list_that_is_refused_says_resource_managers_code_and_message(emulator, arm):
+    """The report shows why a subscription could not be listed, as Resource Manager said it."""
+    emulator.fail(
+        "GET",
+        LIST_PATH,
+        403,
+        body={"error": {"code": "AuthorizationFailed", "message": "no vaults/read at /x"}},
+    )
+    with pytest.raises(HttpResponseError) as refused:
+        list(arm.list_vaults(SUB))
+    assert refused.value.status_code == 403
+    assert (refused.value.error.code, refused.value.error.message) == (
+        "AuthorizationFailed",
+        "no vaults/read at /x",
+    )
