@@ -22,6 +22,7 @@ from kvfirewall.agent_pools import SubnetCheck, check_subnets, pools_json, resol
 from kvfirewall.errors import is_transient, one_line
 from kvfirewall.leases import lease_rules
 from kvfirewall.ledger import StateStore
+from kvfirewall.ledger_reads import LedgerReads
 from kvfirewall.management_groups import ManagementGroups
 from kvfirewall.plan import VaultState
 from kvfirewall.pool_snapshot import PoolDecision, PoolSnapshot
@@ -48,6 +49,7 @@ LISTERS = 4  # subscriptions listed at once
 # write quota (10/s refilled) a few workers at Resource Manager's latency already fill.
 QUEUED_WORKERS = 8
 LISTED_QUEUE = 4 * WORKERS  # listed vaults waiting for a worker
+KEPT_LEDGERS = 2 * LISTERS  # subscriptions whose ledger entries a run holds at once
 
 Progress = Callable[[int, VaultResult], None]
 
@@ -256,6 +258,7 @@ def reconcile(
         now=now,
         reread=reread,
         reserve_scale=reserve_scale,
+        planned_entry=None if vault or queued else LedgerReads(store, keep=KEPT_LEDGERS).entry,
     )
     if vault is not None:
         report.add(worker.one(vault) if vault.subscription in scope else _not_managed(vault, scope))

@@ -83,13 +83,18 @@ class VaultWorker:
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         reread: Callable[[], Desired] | None = None,
         reserve_scale: float = 1.0,
+        planned_entry: Callable[[str], LedgerEntry] | None = None,
     ) -> None:
         """`reread`: the desired set read again under a vault's lease, before its write
         (active access leases change while a run goes on: a lease granted after the run read
         them must not lose its rule to the run's older view). `reserve_scale`:
         VAULT_RESERVE_SECONDS is sized for an HTTP request's budget; a run with a shorter one
-        (every vault within an event) scales it down in proportion."""
+        (every vault within an event) scales it down in proportion. `planned_entry`: how
+        the entry a vault is first planned on is read (default: the store's `read_entry`; a
+        run over every vault reads a subscription's at once, see `LedgerReads`); under the
+        lease it is always read again."""
         self.reserve_scale = reserve_scale
+        self._planned_entry = planned_entry or store.read_entry
         self.now = now
         self.reread = reread
         self.source_version = source_version
@@ -196,7 +201,7 @@ class VaultWorker:
     def _without_write(self, state: VaultState) -> tuple[VaultRef, VaultResult | None]:
         """Plan on the listed state: the result if that writes nothing, else None."""
         ref = parse_vault_id(state.id)
-        stored = self.store.read_entry(ref.key)
+        stored = self._planned_entry(ref.key)
         entry = _settled(stored, state)
         plan = self._plan(state, entry)
         if self.write and _writes(plan, entry, stored):

@@ -442,12 +442,12 @@ def test_storage_and_resource_manager_calls_per_queued_vault(
     drain(azurite)
     consumer = dict(calls)
     # The planner: the listing (one page per subscription), the Discovery API and the agent
-    # subnet's endpoint check, a ledger read per vault and one query of each subscription's
-    # ledger partition (entries of vaults no longer listed), one message sent; its run
-    # record: reserve, manifest twice, part 0.
+    # subnet's endpoint check; one query of the ledger partition of the subscription whose
+    # vaults it plans (no read per vault), and one of each subscription's (entries of vaults
+    # no longer listed); one message sent; its run record: reserve, manifest twice, part 0.
     assert planner == {
         ("arm", "GET"): 4,
-        ("table", "GET"): 20 + 2,
+        ("table", "GET"): 1 + 2,
         ("queue", "POST"): 1,
         ("blob", "PUT"): 5,
         ("blob", "GET"): 4,

@@ -352,3 +352,60 @@ def test_an_entry_being_written_is_not_taken_for_an_unlisted_one(tmp_path, monke
         VAULT, dataclasses.replace(ENTRY, subnets=frozenset()), base=store.read_entry(VAULT)
     )
     assert found_meanwhile == [{}]
+
+
+def test_a_run_plans_a_subscriptions_vaults_on_entries_read_in_one_query(azurite, monkeypatch):
+    """Eight worker threads planning 30 vaults of one subscription (20 with an entry) cost
+    the Table ledger one query, not a read per vault, and see what `read_entry` sees: the
+    same rules and the same version, which a conditional write accepts."""
+    from kvfirewall.ledger_reads import LedgerReads
+    from kvfirewall.transport import shared_transport
+
+    name = "kvf" + uuid.uuid4().hex[:12]
+    store = AzureStore(
+        StateLocation(kind="connection-string", value=azurite), table=name, container=name
+    )
+    keys = [VAULT.replace("kv1", f"kv-{n:02}") for n in range(30)]
+    for key in keys[:20]:
+        store.write_entry(key, ENTRY, base=LedgerEntry())
+    table_port = azurite.split("TableEndpoint=")[1].split("/")[2]
+    transport, reads_sent = shared_transport(), []
+    send = transport.send
+
+    def counted(request, **kwargs):
+        if table_port in request.url:
+            reads_sent.append(request.method)
+        return send(request, **kwargs)
+
+    monkeypatch.setattr(transport, "send", counted)
+    reads = LedgerReads(store, keep=2)
+    start = threading.Barrier(8)
+
+    def plan_all() -> list[LedgerEntry]:
+        start.wait()
+        return [reads.entry(key) for key in keys]
+
+    threads_saw = [[] for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda n=n: threads_saw[n].extend(plan_all())) for n in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert reads_sent == ["GET"]
+    monkeypatch.setattr(transport, "send", send)
+    expected = [store.read_entry(key) for key in keys]
+    assert all(seen == expected for seen in threads_saw)
+    assert [bool(entry) for entry in expected] == [True] * 20 + [False] * 10
+    store.write_entry(keys[0], LedgerEntry(), base=threads_saw[0][0])  # its version holds
+
+
+def test_a_local_ledger_is_read_per_vault(tmp_path):
+    """A file read per vault costs less than reading every file of the directory."""
+    from kvfirewall.ledger_reads import LedgerReads
+
+    store = LocalStore(tmp_path)
+    store.write_entry(VAULT, ENTRY, base=LedgerEntry())
+    assert store.entries_of(VAULT.split("/")[2]) is None
+    assert LedgerReads(store, keep=1).entry(VAULT) == store.read_entry(VAULT)
