@@ -6,8 +6,9 @@ subscription the moment it is moved in. Resource Graph's `resourcecontainers` ta
 answer the same in the query that lists the vaults, but lags like every graph table: a
 subscription moved into the group would wait for the graph before it is managed, and the
 answer would spend the graph's small quota. Reading it needs
-`Microsoft.Management/managementGroups/descendants/read` on the group (Management Group Reader
-has it), and costs one tenant-level read per page (not any subscription's quota).
+`Microsoft.Management/managementGroups/descendants/read` on the group (the group reader role of
+infra/managementgroup.json; the built-in Management Group Reader does not list it), and costs
+one tenant-level read per page (not any subscription's quota).
 """
 
 from __future__ import annotations

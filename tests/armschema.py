@@ -27,10 +27,15 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "armschemas"
 BASE = "https://schema.management.azure.com/schemas/"
 EXPRESSION = f"{BASE}common/definitions.json#/definitions/expression"
 SUBSCRIPTION_SKELETON = f"{BASE}2018-05-01/subscriptionDeploymentTemplate.json"
+MANAGEMENT_GROUP_SKELETON = f"{BASE}2019-08-01/managementGroupDeploymentTemplate.json"
 RESOURCE_GROUP_SKELETON = f"{BASE}2019-04-01/deploymentTemplate.json"
 # Where each skeleton finds the resources it accepts: the sections of a provider's file.
 SECTIONS = {
     SUBSCRIPTION_SKELETON: ("subscription_resourceDefinitions", "unknown_resourceDefinitions"),
+    MANAGEMENT_GROUP_SKELETON: (
+        "managementGroup_resourceDefinitions",
+        "unknown_resourceDefinitions",
+    ),
     RESOURCE_GROUP_SKELETON: ("resourceDefinitions", "unknown_resourceDefinitions"),
 }
 # Resource Manager's own keys for a nested deployment's target (docs: "Deploy to multiple

@@ -1,5 +1,5 @@
 """What gets deployed, checked offline: the published files, their requirements, and the ARM
-template in infra/ with the README's account of its permissions. Nothing here needs Azure, so
+templates in infra/ with the README's account of their permissions. Nothing here needs Azure, so
 what is checked is what a template can get wrong before Resource Manager sees it."""
 
 from __future__ import annotations
@@ -127,10 +127,14 @@ def test_funcignore_publishes_the_app_and_nothing_else():
     } <= kept
 
 
-# ---- infra/azuredeploy.json: parsed and checked offline -------------------------------------
+# ---- infra/*.json: parsed and checked offline ------------------------------------------------
 
 INFRA = ROOT / "infra"
+DEPLOY, GROUP = "azuredeploy.json", "managementgroup.json"
+# Each template and the scope it is deployed at (`az deployment sub create`, `... mg create`).
+TEMPLATES = {DEPLOY: "subscription", GROUP: "managementGroup"}
 SCHEMAS = {
+    "managementGroup": "https://schema.management.azure.com/schemas/2019-08-01/managementGroupDeploymentTemplate.json#",
     "subscription": "https://schema.management.azure.com/schemas/2018-05-01/subscriptionDeploymentTemplate.json#",
     "resourceGroup": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
 }
@@ -138,7 +142,8 @@ SCHEMAS = {
 # here, since neither `az bicep` nor arm-ttk runs offline.
 ARM_FUNCTIONS = {
     "copyIndex", "createArray", "deployment", "empty", "environment", "extensionResourceId",
-    "filter", "format", "guid", "if", "join", "lambda", "lambdaVariables", "length", "map", "not",
+    "filter", "format", "guid", "if", "join", "lambda", "lambdaVariables", "length",
+    "managementGroup", "map", "not",
     "parameters", "reference", "replace", "resourceGroup", "resourceId", "split", "subscription",
     "subscriptionResourceId", "toLower", "trim", "union", "uniqueString", "variables",
     "and", "concat", "equals", "startsWith",
@@ -158,7 +163,7 @@ class Level:
     template has inner scope, so each level's expressions see only its own declarations."""
 
     path: str
-    scope: str  # "subscription" | "resourceGroup"
+    scope: str  # "managementGroup" | "subscription" | "resourceGroup"
     template: dict
     parent: Level | None = None
     deployment: dict | None = None  # the parent's resource that deploys this template
@@ -189,13 +194,18 @@ class Level:
         )
 
 
-def load(name: str = "azuredeploy.json") -> dict:
+def load(name: str = DEPLOY) -> dict:
     return json.loads((INFRA / name).read_text())
 
 
-def levels(template: dict | None = None) -> list[Level]:
+def levels(template: dict | None = None, name: str = DEPLOY) -> list[Level]:
     """The template and every template nested in it, depth first."""
-    return below(Level("root", "subscription", load() if template is None else template))
+    return below(Level(name, TEMPLATES[name], load(name) if template is None else template))
+
+
+def every_level() -> list[Level]:
+    """Every level of every template."""
+    return [level for name in TEMPLATES for level in levels(name=name)]
 
 
 def below(level: Level) -> list[Level]:
@@ -210,8 +220,8 @@ def below(level: Level) -> list[Level]:
     return found
 
 
-def resources(type_: str) -> list[tuple[Level, dict]]:
-    return [(lvl, r) for lvl in levels() for r in lvl.resources if r["type"] == type_]
+def resources(type_: str, name: str = DEPLOY) -> list[tuple[Level, dict]]:
+    return [(lvl, r) for lvl in levels(name=name) for r in lvl.resources if r["type"] == type_]
 
 
 def expressions(node):
@@ -263,9 +273,10 @@ def app_settings() -> dict[str, str]:
 def test_templates_follow_microsofts_published_schemas_strictly():
     """Types, enums, required and known property names of every template, nested ones
     included, and of the example parameters (tests/armschema.py)."""
-    assert template_errors(load()) == []
+    for name in TEMPLATES:
+        assert template_errors(load(name)) == [], name
     assert parameters_errors(load("azuredeploy.parameters.json")) == []
-    for level in levels():  # what a schema cannot see: the scope each template is deployed at
+    for level in every_level():  # what a schema cannot see: the scope each one is deployed at
         assert level.template["$schema"] == SCHEMAS[level.scope], level.path
 
 
@@ -290,7 +301,7 @@ def test_the_schema_check_names_a_misspelt_property_at_any_depth():
 
 
 def test_expressions_call_known_functions_with_balanced_quotes_and_parentheses():
-    for level in levels():
+    for level in every_level():
         for expression in expressions(level.template):
             assert expression.endswith("]"), expression
             bare = re.sub(r"'(?:[^']|'')*'", "''", expression[1:-1])
@@ -305,13 +316,14 @@ def test_expressions_call_known_functions_with_balanced_quotes_and_parentheses()
 
 
 def test_every_parameter_and_variable_is_declared_and_used():
-    for level in levels():
+    for level in every_level():
         used = " ".join(expressions(level.template))
         for kind in ("parameters", "variables"):
             declared = set(level.template.get(kind, {}))
             assert set(re.findall(rf"{kind}\('(\w+)'\)", used)) == declared, (level.path, kind)
-    for _, deployment in resources("Microsoft.Resources/deployments"):
-        properties = deployment["properties"]
+        if level.deployment is None:
+            continue
+        properties = level.deployment["properties"]
         assert properties["expressionEvaluationOptions"] == {"scope": "inner"}
         assert set(properties["parameters"]) == set(properties["template"]["parameters"])
 
@@ -319,23 +331,25 @@ def test_every_parameter_and_variable_is_declared_and_used():
 def test_references_name_resource_types_the_template_defines():
     """resourceId()s and dependsOn name resources of this deployment, not typos: dependsOn a
     resource of the same level, resourceId()s anything the deployment creates."""
-    every_type = {r["type"] for level in levels() for r in level.resources}
-    for level in levels():
-        here = {r["type"] for r in level.resources}
-        for expression in expressions(level.template):
-            for match in re.finditer(r"(?:resourceId|ResourceId)\(", expression):
-                referenced = re.findall(r"'(Microsoft\.\w+/[\w/]+)'", expression[match.start() :])
-                assert referenced and referenced[0] in every_type, expression
-        for resource in level.resources:
-            for dependency in resource.get("dependsOn", []):
-                referenced = re.findall(r"'(Microsoft\.\w+/[\w/]+)'", level.resolve(dependency))
-                assert referenced and referenced[0] in here, (level.path, dependency)
+    for name in TEMPLATES:
+        every_type = {r["type"] for level in levels(name=name) for r in level.resources}
+        for level in levels(name=name):
+            here = {r["type"] for r in level.resources}
+            for expression in expressions(level.template):
+                for match in re.finditer(r"(?:resourceId|ResourceId)\(", expression):
+                    rest = expression[match.start() :]
+                    referenced = re.findall(r"'(Microsoft\.\w+/[\w/]+)'", rest)
+                    assert referenced and referenced[0] in every_type, expression
+            for resource in level.resources:
+                for dependency in resource.get("dependsOn", []):
+                    referenced = re.findall(r"'(Microsoft\.\w+/[\w/]+)'", level.resolve(dependency))
+                    assert referenced and referenced[0] in here, (level.path, dependency)
 
 
 def test_resources_depend_on_the_resources_they_reference():
     """reference() by resource id adds no implicit dependency: without dependsOn, ARM may read
     a resource of the same deployment before it exists."""
-    for level in levels():
+    for level in every_level():
         here = {r["type"] for r in level.resources}
         for resource in level.resources:
             after = {level.resolve(dependency) for dependency in resource.get("dependsOn", [])}
@@ -447,21 +461,31 @@ def test_role_assignment_names_derive_from_scope_role_and_principal_id():
     so a re-created identity or topic, with a new principal id, needs a new name: the name hashes
     the principal id. A name cannot call reference(), so each assignment sits in a nested
     deployment that receives the principal id as its parameter."""
-    assignments = resources("Microsoft.Authorization/roleAssignments")
-    assert len(assignments) == 6
-    default_scope = {"subscription": "subscription().id", "resourceGroup": "resourceGroup().id"}
-    for level, assignment in assignments:
-        name, properties = assignment["name"], assignment["properties"]
-        assert re.fullmatch(r"\[guid\(.*\)\]", name) and not re.search("utcNow|newGuid", name)
-        parts = arguments(level.resolve(name), "guid")
-        scope = assignment.get("scope", f"[{default_scope[level.scope]}]")
-        assert level.resolve(scope) in parts, name
-        assert level.resolve(properties["roleDefinitionId"]) in parts, name
-        assert properties["principalId"] == "[parameters('principalId')]", name
-        assert "parameters('principalId')" in parts, name
-        # ...which the parent reads from the identity once it exists.
-        assert "reference(" in level.trace(properties["principalId"]), level.path
-        assert properties["principalType"] == "ServicePrincipal"
+    default_scope = {
+        "managementGroup": "managementGroup().id",
+        "subscription": "subscription().id",
+        "resourceGroup": "resourceGroup().id",
+    }
+    for template, count in {DEPLOY: 6, GROUP: 2}.items():
+        assignments = resources("Microsoft.Authorization/roleAssignments", template)
+        assert len(assignments) == count, template
+        for level, assignment in assignments:
+            name, properties = assignment["name"], assignment["properties"]
+            assert re.fullmatch(r"\[guid\(.*\)\]", name) and not re.search("utcNow|newGuid", name)
+            parts = arguments(level.resolve(name), "guid")
+            scope = assignment.get("scope", f"[{default_scope[level.scope]}]")
+            assert level.resolve(scope) in parts, name
+            assert level.resolve(properties["roleDefinitionId"]) in parts, name
+            assert properties["principalId"] == "[parameters('principalId')]", name
+            assert "parameters('principalId')" in parts, name
+            # ...which the parent reads from the identity once it exists; the management group
+            # template is given it (the app deployment's principalId output, see README).
+            source = level.trace(properties["principalId"])
+            if template == DEPLOY:
+                assert "reference(" in source, level.path
+            else:
+                assert source == "parameters('principalId')", level.path
+            assert properties["principalType"] == "ServicePrincipal"
 
 
 def depends_on(level: Level, target: Level | dict) -> bool:
@@ -477,19 +501,25 @@ def test_custom_roles_are_assigned_in_a_nested_deployment_after_their_definition
     """A new role definition propagates eventually: assigned by the deployment that creates it,
     Azure may not find it yet (RoleDefinitionDoesNotExist). A nested deployment that depends
     on the definition starts once its creation has finished."""
-    definitions = resources("Microsoft.Authorization/roleDefinitions")
-    custom = [
-        (level, assignment, definition_level, definition)
-        for level, assignment in resources("Microsoft.Authorization/roleAssignments")
-        for definition_level, definition in definitions
-        if definition_level.resolve(definition["name"]) in granted(level, assignment)
-    ]
-    assert [d["properties"]["roleName"] for *_, d in custom] == [
-        "[format('kvfirewall operator ({0})', subscription().subscriptionId)]"
-    ]
-    for level, _, definition_level, definition in custom:
-        assert level.parent.path == definition_level.path
-        assert depends_on(level, definition)
+    assigned = {
+        DEPLOY: ["[format('kvfirewall operator ({0})', subscription().subscriptionId)]"],
+        GROUP: [
+            "[format('kvfirewall operator (management group {0})', managementGroup().name)]",
+            "[format('kvfirewall group reader (management group {0})', managementGroup().name)]",
+        ],
+    }
+    for template, roles in assigned.items():
+        definitions = resources("Microsoft.Authorization/roleDefinitions", template)
+        custom = [
+            (level, assignment, definition_level, definition)
+            for level, assignment in resources("Microsoft.Authorization/roleAssignments", template)
+            for definition_level, definition in definitions
+            if definition_level.resolve(definition["name"]) in granted(level, assignment)
+        ]
+        assert [d["properties"]["roleName"] for *_, d in custom] == roles
+        for level, _, definition_level, definition in custom:
+            assert level.parent.path == definition_level.path
+            assert depends_on(level, definition)
 
 
 def indexed_functions() -> dict[str, list[dict]]:
@@ -623,27 +653,115 @@ def readme_section(heading: str) -> str:
     return readme[start : readme.index("\n#", start + len(heading) + 2)]
 
 
+# What the `{0}` of a role name stands for: a subscription id, or a management group id (the
+# ids settings.py accepts).
+ROLE_NAME_IDS = {DEPLOY: "[0-9a-f-]+", GROUP: r"[\w().-]+"}
+
+
+def role_name_formats(template: str) -> list[str]:
+    """The `format()` strings a template names its roles with, `{0}` for the scope's id."""
+    return [
+        arguments(definition["properties"]["roleName"], "format")[0].strip("'")
+        for _, definition in resources("Microsoft.Authorization/roleDefinitions", template)
+    ]
+
+
+def role_name_patterns(template: str) -> list[str]:
+    """The role names a template gives, for any id of its scope, as regular expressions."""
+    return [
+        re.escape(written).replace(r"\{0\}", ROLE_NAME_IDS[template])
+        for written in role_name_formats(template)
+    ]
+
+
 def test_no_role_the_readme_creates_by_hand_has_a_name_the_template_gives():
-    """Role names are unique in a tenant: a role created by hand under a name the template
-    uses in a subscription would stop that subscription's deployment, once it is managed
-    (RoleDefinitionWithSameNameExists)."""
+    """Role names are unique in a tenant: a role created by hand under a name a template
+    uses in a subscription or at a management group would stop that deployment, once it is
+    managed (RoleDefinitionWithSameNameExists)."""
     subscription = "6f1c2a8e-4b7d-4c1e-9a53-2d8e0f4b7a10"
     readme = (ROOT / "README.md").read_text()
     by_hand = re.findall(r'\\?"Name\\?": \\?"([^"\\]+)', readme)
-    # The operator role (Security), the subnet joiner (Permissions) and the operator role of a
-    # management group (Scope by management group).
-    assert len(by_hand) == 3
-    template_names = []
-    for _, definition in resources("Microsoft.Authorization/roleDefinitions"):
-        pattern = arguments(definition["properties"]["roleName"], "format")[0].strip("'")
-        template_names.append(re.escape(pattern).replace(r"\{0\}", "[0-9a-f-]+"))
+    # The operator role (Security) and the subnet joiner (Permissions).
+    assert len(by_hand) == 2
+    template_names = [pattern for template in TEMPLATES for pattern in role_name_patterns(template)]
     for written in by_hand:
         name = written.replace("$SUB", subscription).replace("<subscription-id>", subscription)
         assert not any(re.fullmatch(pattern, name) for pattern in template_names), name
 
 
-def test_uninstall_removes_the_role_assignments_of_every_principal_the_template_grants():
-    """Both the identity's and each topic's: an assignment outlives its principal as "Unknown"."""
+def test_a_groups_roles_never_take_the_name_or_id_of_a_subscriptions():
+    """Role names and role definition ids are unique in a tenant. The tenant root group's id is
+    the tenant id, a GUID like a subscription id: a group's roles still differ from every
+    subscription's, by name (the words around the id) and by id (the guid() of the scope's
+    whole resource id, which starts /providers/Microsoft.Management/ or /subscriptions/)."""
+    root_group = "3b9d1c0e-7f4a-4e2b-8c61-5a0f9d2e4b17"
+    for template, other in ((GROUP, DEPLOY), (DEPLOY, GROUP)):
+        for written in role_name_formats(template):
+            name = written.replace("{0}", root_group)
+            assert not any(re.fullmatch(p, name) for p in role_name_patterns(other)), name
+    scope = {DEPLOY: "subscription().id", GROUP: "managementGroup().id"}
+    for template in TEMPLATES:
+        names = [
+            level.resolve(definition["name"])
+            for level, definition in resources("Microsoft.Authorization/roleDefinitions", template)
+        ]
+        assert len(set(names)) == len(names), template
+        for name in names:
+            assert arguments(name, "guid")[0] == scope[template], name
+
+
+def test_a_group_gets_the_operator_role_and_a_descendants_reader_assignable_only_there():
+    """The group's operator role holds exactly the permissions of each subscription's, compared
+    here so that the two lists cannot drift apart. The only other thing a group entry needs is
+    the read of its descendants (ManagementGroups_GetDescendants), which the built-in
+    Management Group Reader does not list."""
+    [subscription_operator] = [
+        definition
+        for _, definition in resources("Microsoft.Authorization/roleDefinitions")
+        if "'kvfirewall operator (" in definition["properties"]["roleName"]
+    ]
+    group = {
+        arguments(d["properties"]["roleName"], "format")[0].strip("'"): d
+        for _, d in resources("Microsoft.Authorization/roleDefinitions", GROUP)
+    }
+    assert set(group) == {
+        "kvfirewall operator (management group {0})",
+        "kvfirewall group reader (management group {0})",
+    }
+    operator = group["kvfirewall operator (management group {0})"]["properties"]
+    assert operator["permissions"] == subscription_operator["properties"]["permissions"]
+    reader = group["kvfirewall group reader (management group {0})"]["properties"]
+    [permissions] = reader["permissions"]
+    marker = "`kvfirewall group reader (management group <id>)` allows exactly:"
+    assert sorted(permissions["actions"]) == sorted(readme_actions(marker))
+    # Least privilege: growing this list is a security decision, not a documentation change.
+    assert permissions["actions"] == ["Microsoft.Management/managementGroups/descendants/read"]
+    for role in (operator, reader):
+        [grant] = role["permissions"]
+        # A role with data actions cannot be assigned at a management group.
+        assert not (grant["notActions"] or grant["dataActions"] or grant["notDataActions"])
+        assert role["assignableScopes"] == ["[managementGroup().id]"]
+        assert "managementGroup().name" in role["roleName"]
+    assert not any("condition" in d for d in group.values())
+
+
+def test_the_readme_deploys_the_group_template_at_the_group_for_the_apps_identity():
+    section = readme_section("### Scope by management group").replace("\\\n", " ")
+    commands = dict(re.findall(r"^(\w+)=\$\((.*?)\)$", section, re.M))
+    [deploy] = re.findall(r"^az deployment mg create .*$", section, re.M)
+    assert "--template-file infra/managementgroup.json" in deploy
+    assert '--management-group-id "$MG"' in deploy and "--location " in deploy
+    passed = dict(re.findall(r'(\w+)="\$(\w+)"', deploy.split("--parameters", 1)[1]))
+    assert set(passed) == set(load(GROUP)["parameters"])
+    source = commands[passed["principalId"]]
+    assert "az deployment sub show --name kvfirewall" in source
+    assert "outputs.principalId.value" in source
+    assert "principalId" in load()["outputs"]
+
+
+def test_uninstall_removes_the_role_assignments_of_every_principal_the_templates_grant():
+    """The identity's, in the subscriptions and at the groups, and each topic's: an assignment
+    outlives its principal as "Unknown"."""
     uninstall = readme_section("### Uninstall")
     commands = dict(re.findall(r"^\s*(\w+)=\$\((.*?)\)$", uninstall.replace("\\\n", " "), re.M))
     deleted = re.findall(
@@ -660,6 +778,18 @@ def test_uninstall_removes_the_role_assignments_of_every_principal_the_template_
     [(grant_level, _)] = dead_letter_grants()
     container = grant_level.trace("[parameters('deadLetterContainerName')]")[1:-1]
     assert f"/containers/{container}" in uninstall and '--scope "$CONTAINER"' in uninstall
+    # At each management group: the identity's assignments there, then the group's roles.
+    assert "GROUP=/providers/Microsoft.Management/managementGroups/$MG\n" in uninstall
+    at_group = re.findall(
+        r'az role assignment list --assignee "\$(\w+)" --scope "\$GROUP"[^|]*\|'
+        r"\s*xargs -r az role assignment delete",
+        uninstall.replace("\\\n", " "),
+    )
+    assert at_group == ["PRINCIPAL"]
+    for written in role_name_formats(GROUP):
+        delete = f'az role definition delete --name "{written.replace("{0}", "$MG")}"'
+        assert f'{delete} --scope "$GROUP"' in uninstall
+        assert uninstall.index('--scope "$GROUP" --query') < uninstall.index(delete)
 
 
 def test_the_lease_expiry_timer_is_disabled_while_leases_are_off():
