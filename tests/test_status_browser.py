@@ -42,6 +42,13 @@ def open_page(browser, url):
     return page, response, problems
 
 
+def follow(page, selector):
+    """Click a link and wait until the page it leads to has loaded, rows and all: a click
+    returns once the navigation starts, and a long table may still be arriving."""
+    with page.expect_navigation(wait_until="load"):
+        page.click(selector)
+
+
 def test_summary_filters_and_paging_in_a_browser(app, browser):
     runs = history(days=40)
     stored = report(
@@ -72,25 +79,25 @@ def test_summary_filters_and_paging_in_a_browser(app, browser):
         assert page.locator("svg rect").count() > 0
         assert "IP source refused" in page.text_content('[data-kind="source"]')
 
-        page.click(f"text=failed ({counts['failed']})")
+        follow(page, f"text=failed ({counts['failed']})")
         assert "outcome=failed" in page.url
         outcomes = page.eval_on_selector_all(
             "tbody tr[data-outcome]", "rs => rs.map(r => r.dataset.outcome)"
         )
         assert outcomes == ["failed"] * counts["failed"]
 
-        page.click("nav >> text=all")
-        page.click("nav >> text=name")
+        follow(page, "nav >> text=all")
+        follow(page, "nav >> text=name")
         assert page.locator("tbody tr[data-outcome]").count() == 200
-        page.click("a[rel=next]")
-        page.click("a[rel=next]")
+        follow(page, "a[rel=next]")
+        follow(page, "a[rel=next]")
         assert "page 3 of 3" in page.text_content('[data-field="matching"]')
         assert page.locator("tbody tr[data-outcome]").count() == 50
         assert page.text_content("tbody tr:last-child td.vault") == "kv-00449"
 
         assert problems == []  # no CSP violation, no failed load, no script error
 
-        page.click(f"a[href^='runs/{runs[0].name}']")
+        follow(page, f"a[href^='runs/{runs[0].name}']")
         assert json.loads(page.text_content("body"))["counts"]["failed"] == counts["failed"]
         assert page.goto(f"{base}/api/runs/..%2Fledger").status == 404
 
