@@ -10,7 +10,8 @@ estate (70 % locked with rules of their own, 20 % open, 10 % without ACLs; none 
 Azure DevOps ranges), the service tags, a latency added to every ARM call and, unless
 `--no-throttle`, Resource Manager's token buckets per subscription: 250 reads refilled at
 25/s, 200 writes refilled at 10/s. Each phase runs the product (`kvfirewall.service`, enforce
-mode, ranges from the Discovery API, geography Europe, a local ledger) in a fresh process
+mode, ranges from the Discovery API, geography Europe, a local ledger, or with `--state azurite`
+Azure Storage in Azurite, without fan-out) in a fresh process
 (`bench.phase`), so that its peak RSS is the reconciler's alone:
 
     full         every vault in scope; every vault needs one write
@@ -44,6 +45,7 @@ Progress goes to stderr: a line per phase and, inside long phases, every 5 s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -289,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--graph", action="store_true", help="also the in-sync run listed through Resource Graph"
     )
+    parser.add_argument(
+        "--state",
+        choices=("local", "azurite"),
+        default="local",
+        help="the ledger: a local directory, or Azure Storage in Azurite (no fan-out)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.vaults, args.subscriptions, args.latency = 20, 2, 0.0
@@ -302,8 +310,18 @@ def main(argv: list[str] | None = None) -> int:
     emulator = EmulatorProcess(args)
     rows: list[dict] = []
     try:
-        with tempfile.TemporaryDirectory(prefix="kvf-bench-state-") as state:
-            env = phase_env(emulator.env, state)
+        with contextlib.ExitStack() as stack:
+            state = stack.enter_context(tempfile.TemporaryDirectory(prefix="kvf-bench-state-"))
+            if args.state == "azurite":
+                from bench.queue import AzuriteProcess  # bench.queue imports this module
+
+                azurite = AzuriteProcess(state)
+                stack.callback(azurite.close)
+                # Synchronous, as a run over every vault is without fan-out: this measures
+                # one process against Table and Blob storage, not the queue (bench.queue).
+                env = {**phase_env(emulator.env, azurite.connection), "KVF_FAN_OUT": "false"}
+            else:
+                env = phase_env(emulator.env, state)
             event = None
             phases = PHASES if not args.graph else (*PHASES[:2], "graph-rerun", *PHASES[2:])
             for phase in phases:
@@ -316,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                     env, phase, event if phase.startswith("event") else None
                 )
                 data = row(args, phase, result, process_s, emulator.ask("stats"), cpu_before)
+                data["state"] = args.state
                 rows.append(data)
                 log(
                     f"phase {phase}: {data['seconds']:.2f} s, {data['reads']} reads, "

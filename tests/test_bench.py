@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_benchmark_runs_every_phase_and_the_rerun_writes_nothing():
+@pytest.mark.parametrize("state", ["local", "azurite"])
+def test_the_benchmark_runs_every_phase_and_the_rerun_writes_nothing(state):
     result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--graph"],
+        [sys.executable, "-m", "bench.run", "--quick", "--graph", "--state", state],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -25,6 +28,7 @@ def test_the_benchmark_runs_every_phase_and_the_rerun_writes_nothing():
         for row in map(json.loads, (x for x in result.stdout.splitlines() if x.startswith("{")))
     }
     assert list(rows) == ["full", "rerun", "graph-rerun", "event", "event-drift"]
+    assert {row["state"] for row in rows.values()} == {state}
     for row in rows.values():
         for field in ("seconds", "reads", "writes", "throttledClient", "throttledEmulator"):
             assert isinstance(row[field], (int, float)), field
