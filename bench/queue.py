@@ -565,8 +565,9 @@ def medians(measured: list[dict], counts: list[int]) -> list[dict]:
         runs = [r for r in measured if r["consumers"] == consumers]
         row = {**runs[0], "repeat": "median"}
         for _, key, _ in COLUMNS:
-            if key != "repeat" and isinstance(runs[0][key], int | float):
-                row[key] = _median([r[key] for r in runs])
+            values = [r[key] for r in runs]
+            if key != "repeat" and len(set(values)) > 1:  # the same in every run: as it is
+                row[key] = _median(values)
         rows.append(row)
     return rows
 
