@@ -3,7 +3,7 @@
 Run by hand, not in CI:
 
     .venv/bin/python -m bench.queue --vaults 2000 --subscriptions 20 --latency 0.02 \\
-        --consumers 1 2 4 --markdown
+        --consumers 1 2 4 --repeat 3 --parts --markdown
     .venv/bin/python -m bench.queue --quick        # 20 vaults, 2 subscriptions, 1 and 2
 
 For each consumer count K, on a fresh estate: the ARM emulator (seeded and throttled as
@@ -12,14 +12,19 @@ own; the timer's path in a process (`plan`: list every vault, queue the drifted 
 `kvfirewall-work`, grouped by subscription); then K consumer processes (`consume`) that do
 what the Functions host does for `reconcile_queue`: receive a message, hand it to
 `kvfirewall.fan_out.consume`, delete it once that returned. A consumer stops when the queue
-is empty and the run's report is assembled.
+holds no message any more (the last one consumed assembled the run's report); until then an
+idle consumer asks the queue how many are left, five times a second.
 
 Measured per K: the consumers' wall time (from starting them until the last has stopped, and
 from the first message taken to the last done), their CPU (all of it, from the kernel's
-account of the waited-for children; and the work alone, each process's own CPU from its
-first message on, interpreter start and imports excluded), the ARM requests they sent and
-the 429s, and the quota figures of `bench.run` (`row`): `quotaMinSeconds` is the least time
-the write buckets allow. From the measured CPU per vault it then simulates more instances:
+account of the waited-for children; and the work alone: each process's CPU, every thread,
+from taking a message to deleting it, so that neither interpreter start and imports nor the
+waits for a message count), Azurite's CPU over the same time, the requests the consumers
+sent to storage and to Resource Manager (counted at the process's shared transport) and the
+429s, and the quota figures of `bench.run` (`row`): `quotaMinSeconds` is the least time the
+write buckets allow. `--repeat` runs every count again, in rounds, and prints the medians;
+`--parts` times each part of a consumer's CPU (`CONSUMER_PARTS`) as `bench.parts` does. From
+the measured CPU per vault it then simulates more instances:
 
     T(I) = plan + max(vaults x CPU per vault / min(I, messages), quota floor, longest message)
 
@@ -418,6 +423,7 @@ def measure(args: argparse.Namespace, consumers: int) -> dict[str, Any]:
         "quotaMinSeconds": quota["quotaMinSeconds"],
         "quotaUse": quota["quotaUse"],
         "counts": {k: v for k, v in report["counts"].items() if v},
+        "failures": sorted({v["error"] for v in report["vaults"] if v["outcome"] == "failed"}),
         "poisoned": report.get("poisoned", 0),
     }
 
@@ -537,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"run {repeat}, {consumers} consumers: {data['seconds']:.1f} s, CPU "
                 f"{data['cpuSeconds']:.1f} s (all {data['cpuSecondsAll']:.1f} s), {data['counts']}"
             )
+            for error in data["failures"]:
+                log(f"run {repeat}, {consumers} consumers: failed: {error}")
     simulated = [r for n, s in estates for r in simulate(measured, n, s)]
     print_columns(COLUMNS, measured, markdown=args.markdown)
     if args.repeat > 1:
