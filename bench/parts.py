@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import functools
 import importlib
+import inspect
 import os
 import sys
 import tempfile
@@ -85,13 +86,15 @@ class Clock:
                     self.seconds[part] += spent
 
     def wrap(self, part: str, function: Callable) -> Callable:
+        # A context manager made by @contextlib.contextmanager (a lease): its enter and exit
+        # are timed too. Other results (an HTTP response is a context manager) are not.
+        context = inspect.isgeneratorfunction(getattr(function, "__wrapped__", None))
+
         @functools.wraps(function)
         def timed(*args, **kwargs):
             with self.timing(part):
                 result = function(*args, **kwargs)
-            if isinstance(result, contextlib.AbstractContextManager):
-                return _TimedContext(self, part, result)  # a lease: its enter and exit
-            return result
+            return _TimedContext(self, part, result) if context else result
 
         return timed
 
@@ -109,9 +112,9 @@ class _TimedContext:
             return self._inner.__exit__(*exc)
 
 
-def _targets():
+def _targets(parts: tuple = PARTS):
     """Each part's functions as (part, owner, name, function), where callers look them up."""
-    for part, targets in PARTS:
+    for part, targets in parts:
         for module_name, path in targets:
             try:
                 owner = importlib.import_module(module_name)
@@ -124,9 +127,9 @@ def _targets():
             yield part, owner, name, function
 
 
-def instrument(clock: Clock) -> None:
+def instrument(clock: Clock, parts: tuple = PARTS) -> None:
     """Wrap every part's functions where their callers look them up."""
-    for part, owner, name, function in _targets():
+    for part, owner, name, function in _targets(parts):
         setattr(owner, name, clock.wrap(part, function))
 
 
@@ -150,9 +153,9 @@ def measure_phase(service, phase: str) -> dict[str, float]:
     return parts
 
 
-def uninstrument() -> None:
+def uninstrument(parts: tuple = PARTS) -> None:
     """Put the original functions back."""
-    for _, owner, name, function in _targets():
+    for _, owner, name, function in _targets(parts):
         setattr(owner, name, getattr(function, "__wrapped__", function))
 
 

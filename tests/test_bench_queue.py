@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_queue_benchmark_consumes_every_message_with_one_and_two_consumers():
     result = subprocess.run(
-        [sys.executable, "-m", "bench.queue", "--quick", "--simulate", "1000x10"],
+        [sys.executable, "-m", "bench.queue", "--quick", "--parts", "--simulate", "1000x10"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -33,6 +35,17 @@ def test_the_queue_benchmark_consumes_every_message_with_one_and_two_consumers()
         assert (row["writes"], row["writesApplied"], row["throttledEmulator"]) == (20, 20, 0)
         assert row["reads"] >= 40
         assert row["cpuSeconds"] > 0 and row["cpuSecondsAll"] >= row["cpuSeconds"]
+        assert len(row["processCpuSeconds"]) == row["consumers"]
+        # Requests counted at the transport: 3 to Resource Manager per vault; per vault its
+        # lease (taken, released; its blob created first, the first attempt answered 404),
+        # a ledger read and two writes, plus each message's part and the run's record.
+        assert row["requests"]["arm"] == 60 and row["armPerVault"] == 3.0
+        assert row["requests"]["table"] == 60 and row["requests"]["blob"] >= 80
+        assert row["storagePerVault"] == pytest.approx((row["requests"]["blob"] + 60) / 20)
+        parts = row["partsMsPerVault"]
+        assert parts["the vault's lease (Blob): taken, released"] > 0
+        http = parts["of which the HTTP stack: requests, urllib3, sockets"]
+        assert 0 < http < row["cpuMsPerVault"]
     simulated = [r for r in rows if "instances" in r]
     assert [(r["vaults"], r["instances"]) for r in simulated] == [
         (20, 1),
