@@ -659,9 +659,7 @@ class AzureStore:
                     match_condition=MatchConditions.IfNotModified,
                 )
             else:
-                created: list = []
-                self._created(lambda: created.append(self._table.create_entity(entity)))
-                metadata = created[0]
+                metadata = self._create_entity(entity)
         except (ResourceModifiedError, ResourceExistsError):
             raise stale from None
         except ResourceNotFoundError:  # deleted since it was read
@@ -669,6 +667,21 @@ class AzureStore:
                 raise stale from None
             raise
         return replace(entry, version=metadata["etag"])
+
+    def _create_entity(self, entity: dict) -> dict:
+        """Create an entity; tried twice, like every other storage call. A create is a POST,
+        which the SDK's retry does not send again once it went out (a connection reset
+        before the answer): it may have landed. Sent again here, one that had landed is
+        answered 409, which `write_entry` turns into `StaleEntry`: its caller reads the entry
+        again and finds its own write there."""
+        from azure.core.exceptions import ServiceResponseError
+
+        created: list = []
+        try:
+            self._created(lambda: created.append(self._table.create_entity(entity)))
+        except ServiceResponseError:
+            self._created(lambda: created.append(self._table.create_entity(entity)))
+        return created[-1]
 
     def read_snapshot(self) -> Snapshot | None:
         from azure.core.exceptions import ResourceNotFoundError

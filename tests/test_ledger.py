@@ -409,3 +409,40 @@ def test_a_local_ledger_is_read_per_vault(tmp_path):
     store.write_entry(VAULT, ENTRY, base=LedgerEntry())
     assert store.entries_of(VAULT.split("/")[2]) is None
     assert LedgerReads(store, keep=1).entry(VAULT) == store.read_entry(VAULT)
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["landed", "not-landed"])
+def test_an_entry_created_without_an_answer_is_tried_again(azurite, monkeypatch, landed):
+    """The connection drops after a new entry's POST went out. The SDK does not send a POST
+    again; the ledger does, once: a create that had landed is then answered 409, and the
+    writer is told to read the entry again (where it finds its own write); one that had not
+    is simply made."""
+    from azure.core.exceptions import ServiceResponseError
+
+    from kvfirewall.transport import shared_transport
+
+    name = "kvf" + uuid.uuid4().hex[:12]
+    store = AzureStore(
+        StateLocation(kind="connection-string", value=azurite), table=name, container=name
+    )
+    store.write_entry(OTHER, ENTRY, base=LedgerEntry())  # the table exists
+    transport, posts = shared_transport(), []
+    send = transport.send
+
+    def drop_first_answer(request, **kwargs):
+        if request.method == "POST" and f"/{name}" in request.url:
+            posts.append(request.url)
+            if len(posts) == 1:
+                if landed:
+                    send(request, **kwargs)
+                raise ServiceResponseError("Connection reset by peer")
+        return send(request, **kwargs)
+
+    monkeypatch.setattr(transport, "send", drop_first_answer)
+    if landed:
+        with pytest.raises(StaleEntry):
+            store.write_entry(VAULT, ENTRY, base=LedgerEntry())
+    else:
+        assert store.write_entry(VAULT, ENTRY, base=LedgerEntry()).version
+    assert len(posts) == 2
+    assert store.read_entry(VAULT).ip_rules == ENTRY.ip_rules
