@@ -7,7 +7,6 @@ concurrent runs and crashes safe.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import threading
 import time
@@ -317,24 +316,24 @@ def _reconcile_listed(
     reserve_scale: float,
     enqueue: Callable[[str, str], None] | None = None,
 ) -> Listing:
-    """Reconcile every listed vault in scope as its page arrives, on `WORKERS` threads.
+    """Reconcile every listed vault in scope as its page arrives.
 
-    At most `2 * WORKERS` vaults are in the workers' hands and `LISTED_QUEUE` listed ones wait
-    for them, so memory stays flat however large the estate: the report counts each result
-    and keeps (or spools) it; only the listed vaults' keys are kept, for `_sweep`. Waiting
-    vaults are handed out round the subscriptions (`_Turns`): each subscription has its own
-    write quota, and a page of one subscription's vaults handed out in a row would have every
-    worker wait for that one quota while the others' refill unused.
+    Each vault is planned on its listed state as it arrives (`VaultWorker.triage`): most
+    vaults, most runs, need nothing more, and cost no thread hand-off. A vault that needs a
+    write goes to `WORKERS` threads, each taking its lease and a fresh read
+    (`VaultWorker.queued`), or with `enqueue` to the work queue. At most `2 * WORKERS` vaults
+    are in the workers' hands and `LISTED_QUEUE` more wait for them, so memory stays flat
+    however large the estate: the report counts each result and keeps (or spools) it; only
+    the listed vaults' keys are kept, for `_sweep`. Waiting vaults are handed out round the
+    subscriptions (`_Turns`): each subscription has its own write quota, and a page of one
+    subscription's vaults handed out in a row would have every worker wait for that one
+    quota while the others' refill unused.
     """
     listing = Listing(subscriptions=scope.subscriptions)
-    in_flight: dict[Future[VaultResult | str], str] = {}
+    in_flight: dict[Future[VaultResult], str] = {}
     turns = _Turns()
-    work = worker.in_budget if enqueue is None else functools.partial(_triaged, worker)
 
-    def finish(result: VaultResult | str) -> None:
-        if isinstance(result, str):  # a drifted vault's id: queued
-            enqueue(result, worker.source_version)  # type: ignore[misc]
-            return
+    def finish(result: VaultResult) -> None:
         report.add(result)
         if result.id.count("/") == 2:  # `/subscriptions/<id>`: not listed to its end
             listing.incomplete.add(result.id.split("/")[2].lower())
@@ -346,12 +345,24 @@ def _reconcile_listed(
         if progress:
             progress(report.total, result)
 
-    done: SimpleQueue[Future[VaultResult | str]] = SimpleQueue()  # in the order they end
+    def take(state: VaultState) -> None:
+        result = worker.triage(state)
+        if result is not None:
+            finish(result)
+        elif enqueue is not None:
+            enqueue(state.id, worker.source_version)
+        else:
+            turns.add(state.id.split("/")[2].lower(), state)
+
+    done: SimpleQueue[Future[VaultResult]] = SimpleQueue()  # in the order they end
+
+    def write(state: VaultState) -> VaultResult:
+        return worker.queued(parse_vault_id(state.id))
 
     def hand_out(pool: ThreadPoolExecutor) -> None:
         while turns.waiting and len(in_flight) < 2 * WORKERS:
             subscription, state = turns.next()
-            future = pool.submit(work, state)
+            future = pool.submit(write, state)
             in_flight[future] = subscription
             future.add_done_callback(done.put)
 
@@ -377,7 +388,7 @@ def _reconcile_listed(
                 if not in_scope(item, settings, managed):
                     report.out_of_scope += 1
                 else:
-                    turns.add(item.id.split("/")[2].lower(), item)
+                    take(item)
             hand_out(pool)
             collect(block=turns.waiting >= LISTED_QUEUE)
             hand_out(pool)
@@ -448,12 +459,6 @@ def _sweep(
         log.info("kvfirewall ledger entry of %s, no longer listed: %s", key, result.reason)
     if swept:
         log.info("kvfirewall: %d ledger entries of vaults no longer listed were checked", swept)
-
-
-def _triaged(worker: VaultWorker, state: VaultState) -> VaultResult | str:
-    """The result of a vault that needs no write, or its id if it does."""
-    result = worker.triage(state)
-    return state.id if result is None else result
 
 
 def _listed(

@@ -127,14 +127,6 @@ class VaultWorker:
             return self._gone(ref, "vault deleted")
         return self.one(ref)
 
-    def in_budget(self, state: VaultState) -> VaultResult:
-        """A listed vault, unless the run's time budget is (nearly) spent."""
-        remaining = self.arm.remaining()
-        reserve = VAULT_RESERVE_SECONDS * self.reserve_scale
-        if remaining is not None and remaining < reserve:
-            return VaultResult(id=state.id, outcome="skipped", reason=NOT_REACHED)
-        return self.listed(state)
-
     def listed(self, state: VaultState) -> VaultResult:
         try:
             result = self._reconcile(state)
@@ -148,16 +140,19 @@ class VaultWorker:
         leaves to `queued` in another invocation."""
         try:
             result = self._without_write(state)[1]
+        except OutOfTime:  # its ledger entry could not be read within the budget
+            result = VaultResult(id=state.id, outcome="skipped", reason=NOT_REACHED)
         except Exception as exc:
             result = _failed(state.id, exc)
         return None if result is None else self._logged(state.id, result)
 
     def queued(self, ref: VaultRef) -> VaultResult:
-        """A vault a run found drifted and queued: straight to its lease and the fresh read
-        under it (no read before: the listing was one). If another delivery or run has
-        fixed it meanwhile, that read shows it compliant and nothing is written."""
+        """A vault a run found drifted (`triage`), in this run or queued by another: straight
+        to its lease and the fresh read under it (no read before: the listing was one). If
+        another delivery or run has fixed it meanwhile, that read shows it compliant and
+        nothing is written. No vault is started with less than its reserve of the budget."""
         remaining = self.arm.remaining()
-        if remaining is not None and remaining < VAULT_RESERVE_SECONDS:
+        if remaining is not None and remaining < VAULT_RESERVE_SECONDS * self.reserve_scale:
             return VaultResult(id=ref.id, outcome="skipped", reason=NOT_REACHED)
         try:
             with self.store.lease(ref.key, wait_seconds=self._lease_wait()) as lease:

@@ -972,3 +972,35 @@ def test_waiting_vaults_are_handed_out_round_the_subscriptions():
     turns.finished("a")  # a now has none in the workers' hands, b has one
     assert [turns.next()[0] for _ in range(3)] == ["a", "b", "a"]
     assert turns.waiting == 0
+
+
+def test_a_listed_vault_whose_ledger_cannot_be_read_in_time_is_not_reached(
+    emulator, estate, run, azurite
+):
+    """A run over every vault reads a subscription's entries when it plans the first of its
+    vaults; with the budget spent by then (no storage call starts), the vault is reported
+    not reached (the next run covers it), not failed."""
+    import uuid
+
+    from kvfirewall.ledger import AzureStore
+    from kvfirewall.ledger_reads import LedgerReads
+    from kvfirewall.ranges import Desired
+    from kvfirewall.settings import StateLocation
+
+    name = "kvf" + uuid.uuid4().hex[:12]
+    store = AzureStore(
+        StateLocation(kind="connection-string", value=azurite), table=name, container=name
+    ).within(lambda: 0.0)
+    arm = Arm(endpoint=emulator.url, subscriptions=(SUB_A,))
+    worker = writer.VaultWorker(
+        Settings.from_env(),
+        store,
+        arm,
+        Desired(ip_rules={WEU: "test"}),
+        True,
+        source_version="1",
+        in_scope=lambda state: True,
+        planned_entry=LedgerReads(store, keep=1).entry,
+    )
+    result = worker.triage(arm.get_vault(parse_vault_id(estate["bare"])))
+    assert (result.outcome, result.reason) == ("skipped", writer.NOT_REACHED)
