@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from kvfirewall import filelock
 from kvfirewall.clouds import PUBLIC, default_credential
@@ -151,6 +151,7 @@ class StateStore(Protocol):
 
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 
 def _utc_now() -> datetime:
@@ -558,20 +559,21 @@ class AzureStore:
     def describe(self) -> str:
         return self._location.describe()
 
-    def _created(self, write: Callable[[], object]) -> None:
-        """Run a write, creating the table and container the first time one is missing.
+    def _created(self, write: Callable[[], T]) -> T:
+        """Run a write, creating the table and container the first time one is missing; its
+        result.
 
         Reads never create anything, so a dry run works with read-only storage rights.
         """
         from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
         try:
-            write()
+            return write()
         except ResourceNotFoundError:
             for create in (self._table.create_table, self._container.create_container):
                 with contextlib.suppress(ResourceExistsError):
                     create()
-            write()
+            return write()
 
     @staticmethod
     def _partition(vault_key: str) -> str:
@@ -676,12 +678,10 @@ class AzureStore:
         again and finds its own write there."""
         from azure.core.exceptions import ServiceResponseError
 
-        created: list = []
         try:
-            self._created(lambda: created.append(self._table.create_entity(entity)))
+            return self._created(lambda: self._table.create_entity(entity))
         except ServiceResponseError:
-            self._created(lambda: created.append(self._table.create_entity(entity)))
-        return created[-1]
+            return self._created(lambda: self._table.create_entity(entity))
 
     def read_snapshot(self) -> Snapshot | None:
         from azure.core.exceptions import ResourceNotFoundError
