@@ -23,25 +23,17 @@ from kvfirewall.ledger import LedgerEntry, StateStore
 __all__ = ["LedgerReads"]
 
 
-class _Subscription:
-    """One subscription's entries, read once by the first thread that needs them."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.read = False
-        self.entries: Mapping[str, LedgerEntry] | None = None
-
-
 class LedgerReads:
-    """Ledger entries of listed vaults, for one run's worker threads. `keep` subscriptions'
-    entries are held at once, the least recently used given up first (read again if one of
-    its vaults comes later)."""
+    """Ledger entries of listed vaults, for one run. `keep` subscriptions' entries are held at
+    once, the least recently used given up first (read again if one of its vaults comes
+    later). A run plans its listed vaults on one thread; the lock keeps it safe for more (the
+    others wait for the one query, and send none of their own)."""
 
     def __init__(self, store: StateStore, *, keep: int) -> None:
         self._store = store
         self._keep = keep
         self._lock = threading.Lock()
-        self._subscriptions: OrderedDict[str, _Subscription] = OrderedDict()
+        self._held: OrderedDict[str, Mapping[str, LedgerEntry] | None] = OrderedDict()
 
     def entry(self, vault_key: str) -> LedgerEntry:
         """The entry of this vault (lower-cased id), empty if it has none."""
@@ -52,15 +44,11 @@ class LedgerReads:
 
     def _entries(self, subscription: str) -> Mapping[str, LedgerEntry] | None:
         with self._lock:
-            held = self._subscriptions.get(subscription)
-            if held is None:
-                held = self._subscriptions[subscription] = _Subscription()
-                while len(self._subscriptions) > self._keep:
-                    self._subscriptions.popitem(last=False)
-            else:
-                self._subscriptions.move_to_end(subscription)
-        with held.lock:  # the others wait for the one query, and read none of their own
-            if not held.read:
-                held.entries = self._store.entries_of(subscription)  # a failure: read again
-                held.read = True
-            return held.entries
+            if subscription in self._held:
+                self._held.move_to_end(subscription)
+                return self._held[subscription]
+            entries = self._store.entries_of(subscription)  # a failure: read again next time
+            self._held[subscription] = entries
+            while len(self._held) > self._keep:
+                self._held.popitem(last=False)
+            return entries

@@ -136,8 +136,8 @@ class VaultWorker:
 
     def triage(self, state: VaultState) -> VaultResult | None:
         """A listed vault's result if planning on its listed state writes nothing (most
-        vaults, most runs); None if it needs its lease and a write, which a fanned-out run
-        leaves to `queued` in another invocation."""
+        vaults, most runs); None if it needs its lease and a write (`queued`: in this run's
+        workers, or in another invocation for a fanned-out run)."""
         try:
             result = self._without_write(state)[1]
         except OutOfTime:  # its ledger entry could not be read within the budget
