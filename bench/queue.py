@@ -3,7 +3,7 @@
 Run by hand, not in CI:
 
     .venv/bin/python -m bench.queue --vaults 2000 --subscriptions 20 --latency 0.02 \\
-        --consumers 1 2 4 --repeat 3 --parts --markdown
+        --consumers 1 2 4 --repeat 2 --parts --markdown
     .venv/bin/python -m bench.queue --quick        # 20 vaults, 2 subscriptions, 1 and 2
 
 For each consumer count K, on a fresh estate: the ARM emulator (seeded and throttled as
@@ -46,6 +46,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from statistics import median
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -560,12 +561,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def medians(measured: list[dict], counts: list[int]) -> list[dict]:
     """Per consumer count, the median of each figure over its runs."""
     rows = []
@@ -575,7 +570,7 @@ def medians(measured: list[dict], counts: list[int]) -> list[dict]:
         for _, key, _ in COLUMNS:
             values = [r[key] for r in runs]
             if key != "repeat" and len(set(values)) > 1:  # the same in every run: as it is
-                row[key] = _median(values)
+                row[key] = median(values)
         rows.append(row)
     return rows
 
@@ -589,10 +584,10 @@ def print_parts(measured: list[dict], counts: list[int], *, markdown: bool) -> N
     for consumers in counts:
         runs = [r for r in measured if r["consumers"] == consumers]
         column = {
-            label: _median([r["partsMsPerVault"].get(label, 0.0) for r in runs])
+            label: median([r["partsMsPerVault"].get(label, 0.0) for r in runs])
             for label in (*labels, HTTP_PART)
         }
-        total = _median([r["cpuMsPerVault"] for r in runs])
+        total = median([r["cpuMsPerVault"] for r in runs])
         column["other"] = total - sum(column[label] for label in labels)
         column["total, CPU ms per vault"] = total
         columns[consumers] = column
