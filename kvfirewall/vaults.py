@@ -30,10 +30,8 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
-    map_error,
 )
 from azure.core.pipeline.policies import SansIOHTTPPolicy
-from azure.mgmt.core.exceptions import ARMErrorFormat
 
 from kvfirewall.clouds import default_credential, token_scope
 from kvfirewall.errors import is_transient, one_line
@@ -615,12 +613,9 @@ def _same_origin(url: str, base: str) -> bool:
 
 
 def _arm_json(response) -> dict:
-    """The JSON of a `send_request` answer, or the error its operations would have raised:
-    `ResourceNotFoundError` for a 404, otherwise `HttpResponseError` with ARM's code and
-    message."""
-    if response.status_code != 200:
-        map_error(response.status_code, response, {404: ResourceNotFoundError})
-        raise HttpResponseError(response=response, error_format=ARMErrorFormat)
+    """The JSON of a `send_request` answer; an error answer raises `HttpResponseError`,
+    which carries ARM's code and message (its `error` object)."""
+    response.raise_for_status()
     return response.json()
 
 
