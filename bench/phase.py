@@ -95,6 +95,7 @@ def run(phase: str, event: dict[str, Any] | None) -> dict[str, Any]:
         "cpuSeconds": usage.ru_utime + usage.ru_stime,  # imports included
         "runCpuSeconds": run_cpu,
         "vaultsReconciled": report.total,
+        "store": type(service.store).__name__,  # where the ledger was: what --state chose
     }
 
 

@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                     env, phase, event if phase.startswith("event") else None
                 )
                 data = row(args, phase, result, process_s, emulator.ask("stats"), cpu_before)
-                data["state"] = args.state
+                data["state"], data["store"] = args.state, result["store"]
                 rows.append(data)
                 log(
                     f"phase {phase}: {data['seconds']:.2f} s, {data['reads']} reads, "

@@ -29,6 +29,8 @@ def test_the_benchmark_runs_every_phase_and_the_rerun_writes_nothing(state):
     }
     assert list(rows) == ["full", "rerun", "graph-rerun", "event", "event-drift"]
     assert {row["state"] for row in rows.values()} == {state}
+    stores = {"local": "LocalStore", "azurite": "AzureStore"}
+    assert {row["store"] for row in rows.values()} == {stores[state]}  # the ledger it used
     for row in rows.values():
         for field in ("seconds", "reads", "writes", "throttledClient", "throttledEmulator"):
             assert isinstance(row[field], (int, float)), field
